@@ -1,0 +1,79 @@
+# client-ip: build, test and run the filter locally.
+#
+#   make build   the release module at build/plugin.wasm
+#   make test    everything: lint, unit and property tests, wasm32 tests under
+#                Node, and the real-Envoy tests
+#   make run     the local mesh demo (see README)
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := build
+
+WASM_TARGET := wasm32-wasip1
+MODULE := build/plugin.wasm
+RAW_MODULE := target/$(WASM_TARGET)/release/client_ip.wasm
+VENV := .venv
+ENVOY := $(VENV)/bin/envoy
+# wasm-opt 108 (Debian) needs the features rustc emits by default spelled out.
+WASM_OPT_FLAGS := -O3 --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
+	--enable-nontrapping-float-to-int --strip-debug --strip-producers
+
+RUST_SOURCES := Cargo.toml Cargo.lock $(shell find src -name '*.rs')
+APT_PACKAGES := binaryen curl wrk
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+
+.PHONY: build test test-unit test-wasm test-envoy lint deps deps-apt deps-venv clean
+
+build: $(MODULE)
+
+$(MODULE): $(RUST_SOURCES) | deps-apt
+	rustup target add $(WASM_TARGET) >/dev/null
+	cargo build --release --locked --target $(WASM_TARGET)
+	mkdir -p build
+	wasm-opt $(WASM_OPT_FLAGS) $(RAW_MODULE) -o $@
+	@echo "built $@ ($$(stat -c %s $@) bytes)"
+
+# ---------------------------------------------------------------- deps
+deps: deps-apt deps-venv
+
+# Debian packages the build and tests use, installed only when missing.
+deps-apt:
+	@missing=""; \
+	for pkg in $(APT_PACKAGES); do dpkg -s $$pkg >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+# Envoy (with its V8 Wasm runtime) and httpbin in a project-local venv.
+deps-venv: $(VENV)/.installed
+$(VENV)/.installed: envoy-test/requirements.txt
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r envoy-test/requirements.txt
+	touch $@
+
+# ---------------------------------------------------------------- tests
+test: lint test-unit test-wasm test-envoy
+
+lint:
+	cargo fmt --all --check
+	cargo clippy --locked --workspace --all-targets -- -D warnings
+
+test-unit:
+	cargo test --locked -p client-ip
+
+# The logic tests compiled to wasm32 and run under Node by wasm-bindgen-test.
+WASM_BINDGEN_VERSION = $(shell sed -n '/^name = "wasm-bindgen"$$/{n;s/version = "\(.*\)"/\1/p}' Cargo.lock)
+test-wasm:
+	rustup target add wasm32-unknown-unknown >/dev/null
+	@if [ "$$(wasm-bindgen-test-runner --version 2>/dev/null | awk '{print $$2}')" != "$(WASM_BINDGEN_VERSION)" ]; then \
+	  cargo install --quiet wasm-bindgen-cli --version "=$(WASM_BINDGEN_VERSION)"; \
+	fi
+	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
+	  cargo test --locked -p client-ip --no-default-features --target wasm32-unknown-unknown --test rules
+
+test-envoy: $(MODULE) deps-venv
+	ENVOY_BIN=$(abspath $(ENVOY)) PLUGIN_WASM=$(abspath $(MODULE)) \
+	  cargo test --locked -p envoy-test -- --test-threads 2
+
+clean:
+	rm -rf build target $(VENV)

@@ -1,0 +1,606 @@
+//! Harness for running `build/plugin.wasm` in real Envoy.
+//!
+//! - [`Upstream`]: a small HTTP/1.1 server that answers every request with the
+//!   request line and headers it received, in order, as JSON.
+//! - [`Listener`] and [`envoy_config`]: Envoy configurations with the filter's
+//!   two roots on loopback listeners.
+//! - [`Envoy`]: a running Envoy on free ports, with its admin API and logs.
+//! - [`Request`]: a raw HTTP/1.1 client that can pick its source address
+//!   (any 127.0.0.x, or ::1) and send repeated or malformed headers.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use std::{fs, thread};
+
+use serde_json::{json, Value};
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn required_file(env_var: &str, default: PathBuf) -> PathBuf {
+    let path = std::env::var_os(env_var)
+        .map(PathBuf::from)
+        .unwrap_or(default);
+    assert!(
+        path.exists(),
+        "{} not found at {}: run the tests with `make test`, which builds and installs it (or set {env_var})",
+        path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        path.display()
+    );
+    path
+}
+
+/// The Envoy binary: `$ENVOY_BIN`, else the project venv's.
+pub fn envoy_bin() -> PathBuf {
+    required_file("ENVOY_BIN", repo_root().join(".venv/bin/envoy"))
+}
+
+/// The module under test: `$PLUGIN_WASM`, else `build/plugin.wasm`.
+pub fn module_path() -> PathBuf {
+    required_file("PLUGIN_WASM", repo_root().join("build/plugin.wasm"))
+}
+
+fn scratch_dir(tag: &str) -> PathBuf {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "client-ip-{tag}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+// ---------------------------------------------------------------- upstream
+
+/// An upstream that echoes each request as
+/// `{"method":…,"path":…,"headers":[[name,value],…]}`.
+pub struct Upstream {
+    pub port: u16,
+}
+
+impl Upstream {
+    pub fn start() -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                thread::spawn(move || echo_connection(stream));
+            }
+        });
+        Upstream { port }
+    }
+}
+
+fn echo_connection(stream: TcpStream) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut writer = stream;
+    loop {
+        let mut request_line = String::new();
+        if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut parts = request_line.split_whitespace();
+        let method = parts.next().unwrap_or("").to_owned();
+        let path = parts.next().unwrap_or("").to_owned();
+        let mut headers = Vec::new();
+        let mut content_length = 0usize;
+        loop {
+            let mut line = Vec::new();
+            if reader.read_until(b'\n', &mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            let line = String::from_utf8_lossy(&line)
+                .trim_end_matches(['\r', '\n'])
+                .to_owned();
+            if line.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':') {
+                let name = name.trim().to_ascii_lowercase();
+                let value = value.trim().to_owned();
+                if name == "content-length" {
+                    content_length = value.parse().unwrap_or(0);
+                }
+                headers.push(json!([name, value]));
+            }
+        }
+        let mut body = vec![0; content_length];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        let reply = json!({"method": method, "path": path, "headers": headers}).to_string();
+        let response = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{reply}",
+            reply.len()
+        );
+        if writer.write_all(response.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+// ------------------------------------------------------------------ config
+
+/// One listener of the Envoy under test.
+#[derive(Clone, Debug)]
+pub struct Listener {
+    pub name: String,
+    /// Loopback address to bind; the port is chosen by the kernel.
+    pub address: String,
+    /// Run the `client_ip_peer` network filter before the HTTP connection manager.
+    pub peer_filter: bool,
+    /// Plugin JSON for the `client_ip` HTTP filter; `None` runs no HTTP filter.
+    pub http_filter: Option<String>,
+    /// The HTTP connection manager's `use_remote_address` (Istio's sidecar
+    /// inbound default is false, a gateway's true).
+    pub use_remote_address: bool,
+    /// `root_id` of the HTTP filter (`client_ip` unless a test says otherwise).
+    pub http_root_id: String,
+}
+
+impl Listener {
+    /// The documented sidecar deployment: both roots, `use_remote_address: false`.
+    pub fn sidecar(name: &str, plugin_json: &str) -> Listener {
+        Listener {
+            name: name.to_owned(),
+            address: "127.0.0.1".to_owned(),
+            peer_filter: true,
+            http_filter: Some(plugin_json.to_owned()),
+            use_remote_address: false,
+            http_root_id: "client_ip".to_owned(),
+        }
+    }
+
+    pub fn on(mut self, address: &str) -> Listener {
+        self.address = address.to_owned();
+        self
+    }
+}
+
+fn vm_config(module: &Path) -> Value {
+    json!({
+        "vm_id": "client_ip",
+        "runtime": "envoy.wasm.runtime.v8",
+        "code": {"local": {"filename": module.display().to_string()}}
+    })
+}
+
+fn string_value(text: &str) -> Value {
+    json!({"@type": "type.googleapis.com/google.protobuf.StringValue", "value": text})
+}
+
+/// The network filter entry for the `client_ip_peer` root.
+pub fn peer_filter(module: &Path) -> Value {
+    json!({
+        "name": "envoy.filters.network.wasm",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.wasm.v3.Wasm",
+            "config": {
+                "name": "client_ip_peer",
+                "root_id": "client_ip_peer",
+                "vm_config": vm_config(module)
+            }
+        }
+    })
+}
+
+/// The HTTP filter entry for the `client_ip` root.
+pub fn http_filter(module: &Path, root_id: &str, plugin_json: &str) -> Value {
+    json!({
+        "name": "envoy.filters.http.wasm",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {
+                "name": "client_ip",
+                "root_id": root_id,
+                "configuration": string_value(plugin_json),
+                "vm_config": vm_config(module),
+                "fail_open": false
+            }
+        }
+    })
+}
+
+/// Envoy's JSON access log with the fields the README explains.
+pub fn access_log(path: &Path) -> Value {
+    json!([{
+        "name": "envoy.access_loggers.file",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+            "path": path.display().to_string(),
+            "log_format": {"json_format": {
+                "downstream_remote_address": "%DOWNSTREAM_REMOTE_ADDRESS%",
+                "downstream_direct_remote_address": "%DOWNSTREAM_DIRECT_REMOTE_ADDRESS%",
+                "upstream_local_address": "%UPSTREAM_LOCAL_ADDRESS%",
+                "x_forwarded_for": "%REQ(X-FORWARDED-FOR)%",
+                "client_ip": "%FILTER_STATE(wasm.client_ip:PLAIN)%",
+                "client_ip_peer": "%FILTER_STATE(wasm.client_ip_peer:PLAIN)%",
+                "path": "%REQ(:PATH)%",
+                "response_code": "%RESPONSE_CODE%"
+            }}
+        }
+    }])
+}
+
+fn listener_config(listener: &Listener, module: &Path, log_dir: &Path) -> Value {
+    let mut http_filters = Vec::new();
+    if let Some(plugin_json) = &listener.http_filter {
+        http_filters.push(http_filter(module, &listener.http_root_id, plugin_json));
+    }
+    http_filters.push(json!({
+        "name": "envoy.filters.http.router",
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
+    }));
+    let mut filters = Vec::new();
+    if listener.peer_filter {
+        filters.push(peer_filter(module));
+    }
+    filters.push(json!({
+        "name": "envoy.filters.network.http_connection_manager",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            "stat_prefix": listener.name,
+            "use_remote_address": listener.use_remote_address,
+            "access_log": access_log(&log_dir.join(format!("{}.access.log", listener.name))),
+            "route_config": {"virtual_hosts": [{
+                "name": "app", "domains": ["*"],
+                "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "app"}}]
+            }]},
+            "http_filters": http_filters
+        }
+    }));
+    json!({
+        "name": listener.name,
+        "address": {"socket_address": {"address": listener.address, "port_value": 0}},
+        "filter_chains": [{"filters": filters}]
+    })
+}
+
+/// A whole bootstrap: the listeners, one upstream cluster, admin on a free port.
+pub fn envoy_config(listeners: &[Listener], upstream_port: u16, log_dir: &Path) -> Value {
+    let module = module_path();
+    json!({
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+        "static_resources": {
+            "listeners": listeners.iter()
+                .map(|l| listener_config(l, &module, log_dir))
+                .collect::<Vec<_>>(),
+            "clusters": [{
+                "name": "app",
+                "type": "STATIC",
+                "connect_timeout": "1s",
+                "load_assignment": {"cluster_name": "app", "endpoints": [{"lb_endpoints": [{
+                    "endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": upstream_port}}}
+                }]}]}
+            }]
+        }
+    })
+}
+
+// ------------------------------------------------------------------- envoy
+
+/// A running Envoy. Dropping it stops Envoy.
+pub struct Envoy {
+    child: Child,
+    pub dir: PathBuf,
+    pub admin: SocketAddr,
+}
+
+/// Why Envoy did not come up, with its log.
+#[derive(Debug)]
+pub struct StartFailure {
+    pub exit_code: Option<i32>,
+    pub log: String,
+}
+
+impl Envoy {
+    /// Starts Envoy on `listeners` in front of a fresh echo upstream, and
+    /// waits until it is ready. Panics if it does not start.
+    pub fn start(listeners: &[Listener]) -> Envoy {
+        Envoy::try_start(listeners).unwrap_or_else(|failure| {
+            panic!(
+                "Envoy did not start (exit {:?}):\n{}",
+                failure.exit_code, failure.log
+            )
+        })
+    }
+
+    pub fn try_start(listeners: &[Listener]) -> Result<Envoy, StartFailure> {
+        let upstream = Upstream::start();
+        let dir = scratch_dir("envoy");
+        let config = envoy_config(listeners, upstream.port, &dir);
+        Envoy::try_start_with(config, dir, 2)
+    }
+
+    /// Starts Envoy with a ready-made bootstrap.
+    pub fn try_start_with(
+        config: Value,
+        dir: PathBuf,
+        workers: u32,
+    ) -> Result<Envoy, StartFailure> {
+        let config_path = dir.join("envoy.json");
+        fs::write(&config_path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+        let admin_path = dir.join("admin.address");
+        let log_path = dir.join("envoy.log");
+        let child = Command::new(envoy_bin())
+            .arg("-c")
+            .arg(&config_path)
+            .arg("--admin-address-path")
+            .arg(&admin_path)
+            .arg("--log-path")
+            .arg(&log_path)
+            .args(["--disable-hot-restart", "-l", "info", "--concurrency"])
+            .arg(workers.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn envoy");
+        let mut envoy = Envoy {
+            child,
+            dir,
+            admin: "127.0.0.1:0".parse().unwrap(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(Some(status)) = envoy.child.try_wait() {
+                return Err(StartFailure {
+                    exit_code: status.code(),
+                    log: envoy.log(),
+                });
+            }
+            if let Ok(text) = fs::read_to_string(&admin_path) {
+                if let Ok(admin) = text.trim().parse() {
+                    envoy.admin = admin;
+                    if envoy.admin_get("/ready").is_some_and(|r| r.status == 200) {
+                        return Ok(envoy);
+                    }
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(StartFailure {
+                    exit_code: None,
+                    log: format!("not ready after 60 s\n{}", envoy.log()),
+                });
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("envoy.log")).unwrap_or_default()
+    }
+
+    pub fn access_log(&self, listener: &str) -> Vec<Value> {
+        fs::read_to_string(self.dir.join(format!("{listener}.access.log")))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect()
+    }
+
+    pub fn admin_get(&self, path: &str) -> Option<Response> {
+        Request::get(path).try_send(self.admin).ok()
+    }
+
+    /// The address a listener was bound to.
+    pub fn listener(&self, name: &str) -> SocketAddr {
+        let listeners = self
+            .admin_get("/listeners?format=json")
+            .expect("admin /listeners");
+        let listeners: Value = serde_json::from_str(&listeners.body).unwrap();
+        for status in listeners["listener_statuses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            if status["name"] == name {
+                let socket = &status["local_address"]["socket_address"];
+                let ip: IpAddr = socket["address"].as_str().unwrap().parse().unwrap();
+                let port = socket["port_value"].as_u64().unwrap() as u16;
+                return SocketAddr::new(ip, port);
+            }
+        }
+        panic!("no listener {name} in {listeners}");
+    }
+
+    /// A counter or gauge from /stats, 0 if absent.
+    pub fn stat(&self, name: &str) -> u64 {
+        let stats = self
+            .admin_get(&format!("/stats?filter=^{}$", name.replace('.', "\\.")))
+            .expect("admin /stats");
+        stats
+            .body
+            .lines()
+            .filter_map(|line| line.split_once(": "))
+            .find(|(key, _)| *key == name)
+            .and_then(|(_, value)| value.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Waits (up to 10 s) for a counter to reach `at_least`, and returns it.
+    /// The filter publishes its counters once a second.
+    pub fn counter_reaching(&self, name: &str, at_least: u64) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let value = self.stat(name);
+            if value >= at_least || Instant::now() > deadline {
+                return value;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if !thread::panicking() {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+// ------------------------------------------------------------------ client
+
+/// A raw HTTP/1.1 request, sent on a fresh connection from a chosen source.
+#[derive(Clone, Debug)]
+pub struct Request {
+    path: String,
+    headers: Vec<(String, Vec<u8>)>,
+    source: Option<IpAddr>,
+}
+
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub body: String,
+}
+
+impl Request {
+    pub fn get(path: &str) -> Request {
+        Request {
+            path: path.to_owned(),
+            headers: Vec::new(),
+            source: None,
+        }
+    }
+
+    /// Adds a header; calling it twice with one name sends it twice.
+    pub fn header(mut self, name: &str, value: impl AsRef<[u8]>) -> Request {
+        self.headers
+            .push((name.to_owned(), value.as_ref().to_vec()));
+        self
+    }
+
+    /// Connects from this local address (any 127.0.0.0/8 address, or ::1).
+    pub fn from(mut self, source: &str) -> Request {
+        self.source = Some(source.parse().unwrap());
+        self
+    }
+
+    pub fn send(&self, to: SocketAddr) -> Response {
+        self.try_send(to)
+            .unwrap_or_else(|e| panic!("request {} to {to}: {e}", self.path))
+    }
+
+    pub fn try_send(&self, to: SocketAddr) -> std::io::Result<Response> {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(to),
+            socket2::Type::STREAM,
+            None,
+        )?;
+        if let Some(source) = self.source {
+            socket.bind(&SocketAddr::new(source, 0).into())?;
+        }
+        socket.connect_timeout(&to.into(), Duration::from_secs(5))?;
+        let mut stream: TcpStream = socket.into();
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut head = format!(
+            "GET {} HTTP/1.1\r\nhost: app\r\nconnection: close\r\n",
+            self.path
+        )
+        .into_bytes();
+        for (name, value) in &self.headers {
+            head.extend_from_slice(name.as_bytes());
+            head.extend_from_slice(b": ");
+            head.extend_from_slice(value);
+            head.extend_from_slice(b"\r\n");
+        }
+        head.extend_from_slice(b"\r\n");
+        stream.write_all(&head)?;
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw)?;
+        let text = String::from_utf8_lossy(&raw);
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| std::io::Error::other(format!("no HTTP response: {text:?}")))?;
+        let chunked = head.lines().any(|line| {
+            line.to_ascii_lowercase().starts_with("transfer-encoding:")
+                && line.to_ascii_lowercase().contains("chunked")
+        });
+        let body = if chunked {
+            dechunk(body)
+        } else {
+            body.to_owned()
+        };
+        Ok(Response { status, body })
+    }
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if size == 0 || rest.len() < size {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = rest[size..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// What the echo upstream says it received.
+#[derive(Debug)]
+pub struct Received {
+    pub headers: Vec<(String, String)>,
+}
+
+impl Response {
+    /// Parses the echo upstream's answer; panics if the request did not reach it.
+    pub fn received(&self) -> Received {
+        assert_eq!(
+            self.status, 200,
+            "request did not reach the upstream: {}",
+            self.body
+        );
+        let echo: Value =
+            serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body));
+        Received {
+            headers: echo["headers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|pair| {
+                    (
+                        pair[0].as_str().unwrap().to_owned(),
+                        pair[1].as_str().unwrap().to_owned(),
+                    )
+                })
+                .collect(),
+        }
+    }
+}
+
+impl Received {
+    /// Every value the upstream got under `name`.
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    /// The one value under `name`; panics unless there is exactly one.
+    pub fn one(&self, name: &str) -> &str {
+        match self.all(name).as_slice() {
+            [value] => value,
+            values => panic!("expected exactly one {name}, got {values:?}"),
+        }
+    }
+}

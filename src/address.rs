@@ -1,0 +1,224 @@
+//! Parsing and normalising the addresses the filter meets: the downstream peer
+//! as Envoy reports it, and the entries of X-Forwarded-For.
+//!
+//! Every input is treated as hostile bytes: parsing never allocates and never
+//! panics, it only accepts or rejects.
+
+use std::fmt::{self, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) becomes plain IPv4, so that
+/// one client has one spelling and matches IPv4 trusted ranges.
+pub fn normalize(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => ip,
+        },
+        IpAddr::V4(_) => ip,
+    }
+}
+
+/// An address with the port it was given with, if any.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HostPort {
+    pub ip: IpAddr,
+    pub port: Option<u16>,
+}
+
+/// Parses `ip`, `[v6]`, `v4:port` or `[v6]:port`, after trimming surrounding
+/// whitespace. Anything else is rejected: names, `unknown`, obfuscated
+/// identifiers, zone ids (`fe80::1%eth0`), leading-zero octets, junk.
+pub fn parse_host_port(raw: &[u8]) -> Option<HostPort> {
+    let text = std::str::from_utf8(raw.trim_ascii()).ok()?;
+    if let Some(rest) = text.strip_prefix('[') {
+        let (inside, after) = rest.split_once(']')?;
+        let ip: Ipv6Addr = inside.parse().ok()?;
+        let port = match after {
+            "" => None,
+            _ => Some(parse_port(after.strip_prefix(':')?)?),
+        };
+        return Some(HostPort {
+            ip: normalize(IpAddr::V6(ip)),
+            port,
+        });
+    }
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        return Some(HostPort {
+            ip: normalize(ip),
+            port: None,
+        });
+    }
+    // Only IPv4 may carry a port without brackets: "::1:80" is an address.
+    let (host, port) = text.rsplit_once(':')?;
+    let ip: Ipv4Addr = host.parse().ok()?;
+    Some(HostPort {
+        ip: IpAddr::V4(ip),
+        port: Some(parse_port(port)?),
+    })
+}
+
+/// One X-Forwarded-For entry: the address, or `None` when the entry is invalid.
+pub fn parse_forwarded_entry(raw: &[u8]) -> Option<IpAddr> {
+    parse_host_port(raw).map(|host| host.ip)
+}
+
+fn parse_port(text: &str) -> Option<u16> {
+    // u16::from_str would also take "+80".
+    if text.is_empty() || text.len() > 5 || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
+}
+
+/// The downstream peer as Envoy's `source.address` reports it (`ip:port`,
+/// `[v6]:port`). Port 0 means Envoy took the address from X-Forwarded-For
+/// rather than from the socket (`use_remote_address: false`), so it is not a
+/// peer at all and the result is `None`.
+pub fn parse_socket_peer(raw: &[u8]) -> Option<IpAddr> {
+    match parse_host_port(raw)? {
+        HostPort {
+            ip,
+            port: Some(port),
+        } if port != 0 => Some(ip),
+        _ => None,
+    }
+}
+
+/// Longest text of an address as `Display` writes it
+/// (`ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255` is 45 bytes).
+const IP_TEXT_CAPACITY: usize = 45;
+
+/// An address written out on the stack, so that putting it in a header or a
+/// property costs no allocation.
+#[derive(Clone, Copy)]
+pub struct IpText {
+    buf: [u8; IP_TEXT_CAPACITY],
+    len: usize,
+}
+
+impl IpText {
+    pub fn new(ip: IpAddr) -> Self {
+        let mut text = IpText {
+            buf: [0; IP_TEXT_CAPACITY],
+            len: 0,
+        };
+        // Cannot fail: every address fits. Should it ever, the text is empty
+        // and callers treat it as no address.
+        if write!(text, "{ip}").is_err() {
+            text.len = 0;
+        }
+        text
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        self.buf.get(..self.len).unwrap_or_default()
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(self.as_bytes()).unwrap_or_default()
+    }
+}
+
+impl Write for IpText {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let end = self.len.checked_add(s.len()).ok_or(fmt::Error)?;
+        let slot = self.buf.get_mut(self.len..end).ok_or(fmt::Error)?;
+        slot.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
+impl fmt::Debug for IpText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn accepts_the_documented_forms() {
+        let cases = [
+            ("1.2.3.4", "1.2.3.4"),
+            ("  1.2.3.4\t", "1.2.3.4"),
+            ("1.2.3.4:8080", "1.2.3.4"),
+            ("2001:db8::1", "2001:db8::1"),
+            ("[2001:db8::1]", "2001:db8::1"),
+            ("[2001:db8::1]:443", "2001:db8::1"),
+            ("::ffff:10.1.2.3", "10.1.2.3"),
+            ("[::ffff:10.1.2.3]:80", "10.1.2.3"),
+            ("::1", "::1"),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(
+                parse_forwarded_entry(raw.as_bytes()),
+                Some(ip(want)),
+                "{raw}"
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_everything_else() {
+        let cases = [
+            "",
+            " ",
+            "unknown",
+            "_hidden",
+            "example.com",
+            "1.2.3",
+            "01.2.3.4",
+            "1.2.3.4:",
+            "1.2.3.4:+80",
+            "1.2.3.4:65536",
+            "1.2.3.4:123456",
+            "[1.2.3.4]",
+            "[2001:db8::1",
+            "[2001:db8::1]x",
+            "[2001:db8::1]:",
+            "fe80::1%eth0",
+            "[fe80::1%25eth0]:80",
+            "1.2.3.4 5.6.7.8",
+            "\u{0}1.2.3.4",
+        ];
+        for raw in cases {
+            assert_eq!(parse_forwarded_entry(raw.as_bytes()), None, "{raw:?}");
+        }
+        assert_eq!(parse_forwarded_entry(b"\xff\xfe1.2.3.4"), None);
+    }
+
+    #[test]
+    fn socket_peer_needs_a_real_port() {
+        assert_eq!(parse_socket_peer(b"127.0.0.5:40000"), Some(ip("127.0.0.5")));
+        assert_eq!(parse_socket_peer(b"[::1]:40000"), Some(ip("::1")));
+        assert_eq!(
+            parse_socket_peer(b"[::ffff:127.0.0.9]:1"),
+            Some(ip("127.0.0.9"))
+        );
+        // Envoy's address taken from X-Forwarded-For has port 0.
+        assert_eq!(parse_socket_peer(b"6.6.6.6:0"), None);
+        assert_eq!(parse_socket_peer(b"6.6.6.6"), None);
+        assert_eq!(parse_socket_peer(b"/var/run/envoy.sock"), None);
+    }
+
+    #[test]
+    fn text_round_trips_the_longest_addresses() {
+        for raw in [
+            "255.255.255.255",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            "::ffff:255.255.255.255",
+            "::",
+        ] {
+            let text = IpText::new(ip(raw));
+            assert_eq!(text.as_str(), ip(raw).to_string());
+        }
+    }
+}

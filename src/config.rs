@@ -1,0 +1,379 @@
+//! The plugin JSON: parsed and checked once, when Envoy configures the plugin.
+//!
+//! A bad configuration is refused whole, with an error that names the field
+//! and the value, so the plugin never runs half-configured.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+/// The most X-Forwarded-For entries looked at per request, counted from the
+/// right. It caps the work of the trusted walk and bounds `trusted_hops`.
+pub const MAX_FORWARDED_ENTRIES: usize = 32;
+
+/// The most entries `trusted_proxies` may hold.
+pub const MAX_TRUSTED_PROXIES: usize = 256;
+
+pub const DEFAULT_CLIENT_IP_HEADER: &str = "x-real-ip";
+
+/// What happens to X-Forwarded-For on its way to the application.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum XffMode {
+    /// Append the peer, as Envoy's `use_remote_address: true` does.
+    #[default]
+    Append,
+    /// Replace it with the resolved client alone.
+    Overwrite,
+    /// Leave it as received.
+    Preserve,
+}
+
+impl TryFrom<String> for XffMode {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        match text.as_str() {
+            "append" => Ok(XffMode::Append),
+            "overwrite" => Ok(XffMode::Overwrite),
+            "preserve" => Ok(XffMode::Preserve),
+            _ => Err(format!(
+                "{text:?} is not a mode; expected \"append\", \"overwrite\" or \"preserve\""
+            )),
+        }
+    }
+}
+
+/// Whom the filter believes when they speak of someone else.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TrustPolicy {
+    /// Peers (and X-Forwarded-For entries) whose forwarding headers are believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Proxies in front of this one that are trusted whatever their address.
+    pub trusted_hops: usize,
+}
+
+impl TrustPolicy {
+    pub fn is_trusted(&self, ip: IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|net| net.contains(&ip))
+    }
+}
+
+/// The HTTP filter's configuration, checked and ready for the request path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FilterConfig {
+    pub xff_mode: XffMode,
+    /// Lower-case header name, or `None` when the header is turned off.
+    pub client_ip_header: Option<String>,
+    pub trust: TrustPolicy,
+}
+
+impl Default for FilterConfig {
+    fn default() -> Self {
+        FilterConfig {
+            xff_mode: XffMode::default(),
+            client_ip_header: Some(DEFAULT_CLIENT_IP_HEADER.to_owned()),
+            trust: TrustPolicy::default(),
+        }
+    }
+}
+
+/// Why a configuration was refused: the field (a path such as
+/// `trusted_proxies[1]`, or `.` for the document) and what is wrong with its value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    pub field: String,
+    pub problem: String,
+}
+
+impl ConfigError {
+    fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
+        ConfigError {
+            field: field.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "field `{}`: {}", self.field, self.problem)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFilterConfig {
+    #[serde(default)]
+    xff_mode: XffMode,
+    client_ip_header: Option<String>,
+    #[serde(default)]
+    trusted_proxies: Vec<String>,
+    #[serde(default)]
+    trusted_hops: u32,
+}
+
+/// The network filter records the peer and takes no settings.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPeerConfig {}
+
+impl FilterConfig {
+    /// Parses the plugin JSON. Empty or blank means every default.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, ConfigError> {
+        if bytes.trim_ascii().is_empty() {
+            return Ok(FilterConfig::default());
+        }
+        let raw: RawFilterConfig = parse_json(bytes)?;
+        let client_ip_header = match raw.client_ip_header {
+            None => Some(DEFAULT_CLIENT_IP_HEADER.to_owned()),
+            Some(name) if name.is_empty() => None,
+            Some(name) => Some(check_header_name(&name)?),
+        };
+        if raw.trusted_proxies.len() > MAX_TRUSTED_PROXIES {
+            return Err(ConfigError::new(
+                "trusted_proxies",
+                format!(
+                    "{} entries, at most {MAX_TRUSTED_PROXIES} are allowed",
+                    raw.trusted_proxies.len()
+                ),
+            ));
+        }
+        let trusted_proxies = raw
+            .trusted_proxies
+            .iter()
+            .enumerate()
+            .map(|(index, text)| {
+                parse_trusted_proxy(text).ok_or_else(|| {
+                    ConfigError::new(
+                        format!("trusted_proxies[{index}]"),
+                        format!("{text:?} is not an IP address or CIDR"),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let trusted_hops = usize::try_from(raw.trusted_hops).unwrap_or(usize::MAX);
+        if trusted_hops > MAX_FORWARDED_ENTRIES {
+            return Err(ConfigError::new(
+                "trusted_hops",
+                format!(
+                    "{trusted_hops} is above {MAX_FORWARDED_ENTRIES}, the most X-Forwarded-For entries looked at"
+                ),
+            ));
+        }
+        Ok(FilterConfig {
+            xff_mode: raw.xff_mode,
+            client_ip_header,
+            trust: TrustPolicy {
+                trusted_proxies,
+                trusted_hops,
+            },
+        })
+    }
+
+    /// `trusted_hops` takes precedence, so any `trusted_proxies` beside it are unused.
+    pub fn ignores_trusted_proxies(&self) -> bool {
+        self.trust.trusted_hops > 0 && !self.trust.trusted_proxies.is_empty()
+    }
+}
+
+/// Checks the network filter's configuration, which must be empty or `{}`.
+pub fn check_peer_config(bytes: &[u8]) -> Result<(), ConfigError> {
+    if bytes.trim_ascii().is_empty() {
+        return Ok(());
+    }
+    parse_json::<RawPeerConfig>(bytes).map(|_| ())
+}
+
+fn parse_json<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -> Result<T, ConfigError> {
+    // Syntax first: a document that is not JSON has no field to blame.
+    if let Err(error) = serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+        return Err(ConfigError::new(
+            ".",
+            format!("not valid JSON ({error}): {}", snippet(bytes)),
+        ));
+    }
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(&mut deserializer)
+        .map_err(|error| ConfigError::new(error.path().to_string(), error.inner().to_string()))
+}
+
+/// The start of a refused document, quoted, for the error line.
+fn snippet(bytes: &[u8]) -> String {
+    const LONGEST: usize = 80;
+    let text = String::from_utf8_lossy(bytes);
+    let mut shown: String = text.chars().take(LONGEST).collect();
+    if text.chars().nth(LONGEST).is_some() {
+        shown.push('…');
+    }
+    format!("{shown:?}")
+}
+
+/// An address is a one-address range. Ranges written with host bits set are
+/// taken as their network, as Envoy's own CIDR ranges are.
+fn parse_trusted_proxy(text: &str) -> Option<IpNet> {
+    let net = match text.parse::<IpAddr>() {
+        Ok(ip) => IpNet::from(ip),
+        Err(_) => text.parse::<IpNet>().ok()?.trunc(),
+    };
+    Some(normalize_mapped_net(net))
+}
+
+/// `::ffff:10.0.0.0/104` is 10.0.0.0/8: peers are normalised to IPv4, so
+/// their trusted ranges must be too.
+fn normalize_mapped_net(net: IpNet) -> IpNet {
+    if let IpNet::V6(v6) = net {
+        if let (Some(v4), Some(prefix)) = (
+            v6.network().to_ipv4_mapped(),
+            v6.prefix_len().checked_sub(96),
+        ) {
+            if let Ok(v4net) = ipnet::Ipv4Net::new(v4, prefix) {
+                return IpNet::V4(v4net);
+            }
+        }
+    }
+    net
+}
+
+/// Header names that would break the request or fight with X-Forwarded-For.
+const RESERVED_HEADERS: &[&str] = &[
+    "x-forwarded-for",
+    "forwarded",
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "te",
+];
+
+fn check_header_name(name: &str) -> Result<String, ConfigError> {
+    let is_token_byte = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    if !name.bytes().all(is_token_byte) {
+        return Err(ConfigError::new(
+            "client_ip_header",
+            format!("{name:?} is not a valid HTTP header name"),
+        ));
+    }
+    let lower = name.to_ascii_lowercase();
+    if RESERVED_HEADERS.contains(&lower.as_str()) {
+        return Err(ConfigError::new(
+            "client_ip_header",
+            format!("{name:?} is reserved; choose a header of its own such as \"x-real-ip\""),
+        ));
+    }
+    Ok(lower)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(json: &str) -> ConfigError {
+        FilterConfig::from_json(json.as_bytes()).unwrap_err()
+    }
+
+    #[test]
+    fn empty_means_defaults() {
+        for json in ["", "  \n", "{}"] {
+            assert_eq!(
+                FilterConfig::from_json(json.as_bytes()).unwrap(),
+                FilterConfig::default()
+            );
+        }
+    }
+
+    #[test]
+    fn reads_every_field() {
+        let config = FilterConfig::from_json(
+            br#"{"xff_mode":"overwrite","client_ip_header":"X-Client-IP",
+                 "trusted_proxies":["10.0.0.0/8","192.168.1.7","2001:db8::/32","::ffff:172.16.0.0/108","10.1.2.3/8"],
+                 "trusted_hops":0}"#,
+        )
+        .unwrap();
+        assert_eq!(config.xff_mode, XffMode::Overwrite);
+        assert_eq!(config.client_ip_header.as_deref(), Some("x-client-ip"));
+        let nets: Vec<String> = config
+            .trust
+            .trusted_proxies
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(
+            nets,
+            [
+                "10.0.0.0/8",
+                "192.168.1.7/32",
+                "2001:db8::/32",
+                "172.16.0.0/12",
+                "10.0.0.0/8"
+            ]
+        );
+    }
+
+    #[test]
+    fn empty_header_name_turns_the_header_off() {
+        let config = FilterConfig::from_json(br#"{"client_ip_header":""}"#).unwrap();
+        assert_eq!(config.client_ip_header, None);
+    }
+
+    #[test]
+    fn errors_name_the_field_and_the_value() {
+        let cases = [
+            (r#"{"xff_mode":"bogus"}"#, "xff_mode", "bogus"),
+            (r#"{"xff_mode":3}"#, "xff_mode", "integer `3`"),
+            (r#"{"trusted_hops":-1}"#, "trusted_hops", "-1"),
+            (r#"{"trusted_hops":"2"}"#, "trusted_hops", "\"2\""),
+            (r#"{"trusted_hops":33}"#, "trusted_hops", "33"),
+            (
+                r#"{"trusted_proxies":["10.0.0.1","10.0.0/8"]}"#,
+                "trusted_proxies[1]",
+                "10.0.0/8",
+            ),
+            (
+                r#"{"trusted_proxies":"10.0.0.0/8"}"#,
+                "trusted_proxies",
+                "10.0.0.0/8",
+            ),
+            (
+                r#"{"client_ip_header":"x real ip"}"#,
+                "client_ip_header",
+                "x real ip",
+            ),
+            (
+                r#"{"client_ip_header":"X-Forwarded-For"}"#,
+                "client_ip_header",
+                "X-Forwarded-For",
+            ),
+            (r#"{"trusted_hop":1}"#, "trusted_hop", "unknown field"),
+            ("xff_mode=append", ".", "xff_mode=append"),
+            (r#"{"xff_mode":"append"} trailing"#, ".", "trailing"),
+            (r#"{"xff_mode":"append""#, ".", "xff_mode"),
+        ];
+        for (json, field, value) in cases {
+            let error = refused(json);
+            assert_eq!(error.field, field, "{json}: {error}");
+            assert!(error.problem.contains(value), "{json}: {error}");
+        }
+    }
+
+    #[test]
+    fn too_many_trusted_proxies_are_refused() {
+        let list: Vec<String> = (0..=MAX_TRUSTED_PROXIES)
+            .map(|i| format!("\"10.0.{}.{}\"", i / 256, i % 256))
+            .collect();
+        let error = refused(&format!("{{\"trusted_proxies\":[{}]}}", list.join(",")));
+        assert_eq!(error.field, "trusted_proxies");
+    }
+
+    #[test]
+    fn peer_config_takes_nothing() {
+        assert!(check_peer_config(b"").is_ok());
+        assert!(check_peer_config(b"{}").is_ok());
+        let error = check_peer_config(br#"{"xff_mode":"append"}"#).unwrap_err();
+        assert!(error.problem.contains("xff_mode"), "{error}");
+    }
+}

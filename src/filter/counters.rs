@@ -1,0 +1,73 @@
+//! The filter's counters. Requests bump plain cells in the VM; the root adds
+//! them to Envoy's stats once a second, which keeps host calls off the
+//! request path. Envoy shows them as `wasmcustom.<name>`.
+
+use std::cell::Cell;
+
+use super::host;
+
+/// Stat names, in the order [`Tally::take`] returns them.
+pub const NAMES: [&str; 5] = [
+    "client_ip.requests",
+    "client_ip.client_from_trusted",
+    "client_ip.forged_header_replaced",
+    "client_ip.invalid_xff_entries",
+    "client_ip.peer_unknown",
+];
+
+/// Counts not yet handed to Envoy.
+#[derive(Default)]
+pub struct Tally {
+    /// Requests seen.
+    pub requests: Cell<u64>,
+    /// Clients taken from X-Forwarded-For through trusted proxies or hops.
+    pub client_from_trusted: Cell<u64>,
+    /// Requests that arrived with a client IP header other than the resolved one.
+    pub forged_header_replaced: Cell<u64>,
+    /// Invalid X-Forwarded-For entries met while resolving.
+    pub invalid_xff_entries: Cell<u64>,
+    /// Requests whose true peer could not be known.
+    pub peer_unknown: Cell<u64>,
+}
+
+pub fn bump(cell: &Cell<u64>, by: u64) {
+    cell.set(cell.get().wrapping_add(by));
+}
+
+impl Tally {
+    fn take(&self) -> [u64; 5] {
+        [
+            self.requests.take(),
+            self.client_from_trusted.take(),
+            self.forged_header_replaced.take(),
+            self.invalid_xff_entries.take(),
+            self.peer_unknown.take(),
+        ]
+    }
+}
+
+/// Envoy's handles for the counters, defined once per root.
+pub struct Stats {
+    ids: Vec<u32>,
+}
+
+impl Stats {
+    pub fn define() -> Result<Stats, host::Status> {
+        let ids = NAMES
+            .iter()
+            .map(|name| host::define_counter(name))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Stats { ids })
+    }
+
+    /// Adds what the tally holds to Envoy's counters and empties it.
+    pub fn flush(&self, tally: &Tally) {
+        for (id, delta) in self.ids.iter().zip(tally.take()) {
+            if delta > 0 {
+                if let Err(status) = host::increment_counter(*id, delta) {
+                    log::debug!("client_ip: counter {id} not incremented (host status {status})");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! The HTTP filter: resolves the client and rewrites the request headers.
+
+use std::cell::RefCell;
+use std::net::IpAddr;
+use std::rc::Rc;
+
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::Action;
+
+use super::counters::{bump, Tally};
+use super::host::{self, path};
+use crate::address::{parse_forwarded_entry, parse_socket_peer, IpText};
+use crate::config::FilterConfig;
+use crate::resolve::{resolve_client, ClientOrigin};
+use crate::rewrite::{forwarded_for_edit, HeaderEdit};
+
+const X_FORWARDED_FOR: &str = "x-forwarded-for";
+
+/// What every stream of one configured root shares.
+pub struct HttpShared {
+    config: FilterConfig,
+    pub tally: Tally,
+    /// Reused for the new X-Forwarded-For value, so requests do not allocate.
+    scratch: RefCell<Vec<u8>>,
+}
+
+impl HttpShared {
+    pub fn new(config: FilterConfig) -> Self {
+        HttpShared {
+            config,
+            tally: Tally::default(),
+            scratch: RefCell::new(Vec::with_capacity(256)),
+        }
+    }
+
+    fn serve_request(&self) {
+        let tally = &self.tally;
+        bump(&tally.requests, 1);
+        let peer = read_peer();
+        if peer.is_none() {
+            bump(&tally.peer_unknown, 1);
+        }
+        let received_xff =
+            logged(X_FORWARDED_FOR, host::get_request_header(X_FORWARDED_FOR)).flatten();
+        let resolution = resolve_client(&self.config.trust, peer, received_xff.as_deref());
+        bump(
+            &tally.invalid_xff_entries,
+            u64::from(resolution.invalid_entries),
+        );
+        if matches!(
+            resolution.origin,
+            ClientOrigin::TrustedHops | ClientOrigin::TrustedProxies
+        ) {
+            bump(&tally.client_from_trusted, 1);
+        }
+        let client = resolution.client.map(IpText::new);
+
+        if let Some(header) = &self.config.client_ip_header {
+            self.write_client_header(header, client.as_ref());
+        }
+        self.write_forwarded_for(received_xff.as_deref(), peer, resolution.client);
+        if let Some(client) = &client {
+            logged(
+                "filter state",
+                host::set_property(path::CLIENT_IP, client.as_bytes()),
+            );
+        }
+    }
+
+    /// The header is always replaced, never appended, so whatever the client
+    /// sent under that name never reaches the application.
+    fn write_client_header(&self, header: &str, client: Option<&IpText>) {
+        let wanted = client.map(IpText::as_bytes);
+        if let Some(received) = logged(header, host::get_request_header(header)).flatten() {
+            if Some(received.as_slice()) != wanted {
+                bump(&self.tally.forged_header_replaced, 1);
+            }
+        }
+        let result = match wanted {
+            Some(value) => host::set_request_header(header, value),
+            None => host::remove_request_header(header),
+        };
+        logged(header, result);
+    }
+
+    fn write_forwarded_for(
+        &self,
+        received: Option<&[u8]>,
+        peer: Option<IpAddr>,
+        client: Option<IpAddr>,
+    ) {
+        // A stream never re-enters while another runs; should the borrow
+        // ever fail, a fresh buffer does the job.
+        let mut spare = Vec::new();
+        let mut borrowed = self.scratch.try_borrow_mut();
+        let scratch = match borrowed.as_deref_mut() {
+            Ok(scratch) => scratch,
+            Err(_) => &mut spare,
+        };
+        let result = match forwarded_for_edit(self.config.xff_mode, received, peer, client, scratch)
+        {
+            HeaderEdit::Keep => return,
+            HeaderEdit::Set(value) => host::set_request_header(X_FORWARDED_FOR, value),
+            HeaderEdit::Remove => host::remove_request_header(X_FORWARDED_FOR),
+        };
+        logged(X_FORWARDED_FOR, result);
+    }
+}
+
+/// The true downstream peer: recorded by the network filter if it runs, else
+/// Envoy's `source.address` when that is a real socket address.
+fn read_peer() -> Option<IpAddr> {
+    if let Some(recorded) = logged("peer", host::get_property(path::CLIENT_IP_PEER)).flatten() {
+        return parse_forwarded_entry(&recorded);
+    }
+    let source = logged("peer", host::get_property(path::SOURCE_ADDRESS)).flatten()?;
+    parse_socket_peer(&source)
+}
+
+/// A failed host call never fails the request: it is logged and the request
+/// goes on without that step.
+fn logged<T>(what: &str, result: Result<T, host::Status>) -> Option<T> {
+    match result {
+        Ok(value) => Some(value),
+        Err(status) => {
+            log::debug!("client_ip: host call on {what} failed (host status {status})");
+            None
+        }
+    }
+}
+
+pub struct ClientIpStream {
+    shared: Option<Rc<HttpShared>>,
+}
+
+impl ClientIpStream {
+    pub fn new(shared: Option<Rc<HttpShared>>) -> Self {
+        ClientIpStream { shared }
+    }
+}
+
+impl Context for ClientIpStream {}
+
+impl HttpContext for ClientIpStream {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        match &self.shared {
+            Some(shared) => shared.serve_request(),
+            // Envoy creates no stream for a root whose configuration failed;
+            // were it to, the forgeable header must still not pass.
+            None => {
+                logged(
+                    "x-real-ip",
+                    host::remove_request_header(crate::config::DEFAULT_CLIENT_IP_HEADER),
+                );
+            }
+        }
+        Action::Continue
+    }
+}

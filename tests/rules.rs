@@ -1,0 +1,350 @@
+//! The resolution rules as a table of cases, plus the config and rewrite
+//! behaviour that depends on them.
+//!
+//! The same file runs on the host (`cargo test`) and compiled to wasm32 under
+//! Node with wasm-bindgen-test (`make test-wasm`), where `#[test]` below is
+//! wasm-bindgen-test's attribute: the logic is proven on the target word size.
+
+#[cfg(target_arch = "wasm32")]
+use wasm_bindgen_test::wasm_bindgen_test as test;
+
+use std::net::IpAddr;
+
+use client_ip::config::{FilterConfig, TrustPolicy, XffMode, MAX_FORWARDED_ENTRIES};
+use client_ip::resolve::{resolve_client, ClientOrigin, Resolution};
+use client_ip::rewrite::{forwarded_for_edit, HeaderEdit};
+
+struct Case {
+    name: &'static str,
+    trusted_proxies: &'static [&'static str],
+    trusted_hops: usize,
+    peer: Option<&'static str>,
+    xff: Option<&'static str>,
+    client: Option<&'static str>,
+    origin: ClientOrigin,
+    invalid_entries: u32,
+}
+
+const fn case(name: &'static str) -> Case {
+    Case {
+        name,
+        trusted_proxies: &[],
+        trusted_hops: 0,
+        peer: Some("127.0.0.5"),
+        xff: None,
+        client: Some("127.0.0.5"),
+        origin: ClientOrigin::Peer,
+        invalid_entries: 0,
+    }
+}
+
+use ClientOrigin::{TrustedHops, TrustedProxies, Unknown};
+
+const TRUST_LOOPBACK: &[&str] = &["127.0.0.0/8", "::1"];
+
+const CASES: &[Case] = &[
+    // Rule 4: an untrusted peer is the client; nothing it sent is believed.
+    Case {
+        xff: Some("6.6.6.6"),
+        ..case("untrusted peer, forged XFF ignored")
+    },
+    Case {
+        xff: Some("1.1.1.1, 2.2.2.2"),
+        ..case("untrusted peer, forged chain ignored")
+    },
+    Case {
+        trusted_proxies: &["10.0.0.0/8"],
+        xff: Some("10.0.0.1"),
+        ..case("peer outside trusted_proxies")
+    },
+    Case {
+        peer: Some("::1"),
+        client: Some("::1"),
+        xff: Some("6.6.6.6"),
+        ..case("IPv6 peer")
+    },
+    Case {
+        peer: None,
+        xff: Some("6.6.6.6"),
+        client: None,
+        origin: Unknown,
+        ..case("unknown peer, no trust")
+    },
+    // Rule 2: trusted hops.
+    Case {
+        trusted_hops: 1,
+        xff: Some("1.1.1.1, 2.2.2.2"),
+        client: Some("2.2.2.2"),
+        origin: TrustedHops,
+        ..case("hops 1 takes the rightmost")
+    },
+    Case {
+        trusted_hops: 2,
+        xff: Some("1.1.1.1, 2.2.2.2"),
+        client: Some("1.1.1.1"),
+        origin: TrustedHops,
+        ..case("hops 2 takes the second from the right")
+    },
+    Case {
+        trusted_hops: 2,
+        xff: Some("0.0.0.1,1.1.1.1 , 2.2.2.2"),
+        client: Some("1.1.1.1"),
+        origin: TrustedHops,
+        ..case("hops ignore entries further left")
+    },
+    Case {
+        trusted_hops: 3,
+        xff: Some("1.1.1.1, 2.2.2.2"),
+        ..case("hops beyond the chain fall back to the peer")
+    },
+    Case {
+        trusted_hops: 1,
+        ..case("hops without XFF fall back to the peer")
+    },
+    Case {
+        trusted_hops: 1,
+        xff: Some("  "),
+        ..case("hops with blank XFF fall back to the peer")
+    },
+    Case {
+        trusted_hops: 2,
+        xff: Some("1.1.1.1, unknown, 2.2.2.2"),
+        invalid_entries: 1,
+        ..case("hops landing on junk fall back to the peer")
+    },
+    Case {
+        trusted_hops: 1,
+        xff: Some("1.1.1.1, "),
+        invalid_entries: 1,
+        ..case("hops landing on an empty entry fall back to the peer")
+    },
+    Case {
+        trusted_hops: 1,
+        xff: Some("[2001:db8::7]:443"),
+        client: Some("2001:db8::7"),
+        origin: TrustedHops,
+        ..case("hops accept bracketed IPv6 with port")
+    },
+    Case {
+        trusted_hops: 1,
+        xff: Some("1.2.3.4:5678"),
+        client: Some("1.2.3.4"),
+        origin: TrustedHops,
+        ..case("hops accept IPv4 with port")
+    },
+    Case {
+        trusted_hops: 1,
+        peer: None,
+        xff: Some("1.1.1.1"),
+        client: Some("1.1.1.1"),
+        origin: TrustedHops,
+        ..case("hops need no peer")
+    },
+    Case {
+        trusted_hops: 1,
+        trusted_proxies: TRUST_LOOPBACK,
+        xff: Some("1.1.1.1, 2.2.2.2"),
+        client: Some("2.2.2.2"),
+        origin: TrustedHops,
+        ..case("hops take precedence over trusted_proxies")
+    },
+    // Rule 3: walk through trusted proxies.
+    Case {
+        trusted_proxies: TRUST_LOOPBACK,
+        xff: Some("9.9.9.9"),
+        client: Some("9.9.9.9"),
+        origin: TrustedProxies,
+        ..case("trusted peer names the client")
+    },
+    Case {
+        trusted_proxies: TRUST_LOOPBACK,
+        xff: Some("9.9.9.9, 8.8.8.8"),
+        client: Some("8.8.8.8"),
+        origin: TrustedProxies,
+        ..case("first untrusted from the right wins")
+    },
+    Case {
+        trusted_proxies: &["127.0.0.0/8", "10.0.0.0/8"],
+        xff: Some("9.9.9.9, 10.1.1.1, 10.2.2.2"),
+        client: Some("9.9.9.9"),
+        origin: TrustedProxies,
+        ..case("trusted hops in the chain are skipped")
+    },
+    Case {
+        trusted_proxies: &["127.0.0.0/8", "10.0.0.0/8"],
+        xff: Some("10.3.3.3,10.1.1.1"),
+        client: Some("10.3.3.3"),
+        origin: TrustedProxies,
+        ..case("all trusted: the leftmost")
+    },
+    Case {
+        trusted_proxies: &["127.0.0.0/8", "10.0.0.0/8"],
+        xff: Some("9.9.9.9, garbage, 10.1.1.1"),
+        client: Some("10.1.1.1"),
+        origin: TrustedProxies,
+        invalid_entries: 1,
+        ..case("junk ends the walk at the nearest verified")
+    },
+    Case {
+        trusted_proxies: TRUST_LOOPBACK,
+        xff: Some("9.9.9.9, unknown"),
+        invalid_entries: 1,
+        ..case("junk at the right end leaves the peer")
+    },
+    Case {
+        trusted_proxies: TRUST_LOOPBACK,
+        xff: Some("9.9.9.9,"),
+        invalid_entries: 1,
+        ..case("trailing comma is an invalid entry")
+    },
+    Case {
+        trusted_proxies: TRUST_LOOPBACK,
+        xff: Some(" 9.9.9.9 ,\t8.8.8.8 "),
+        client: Some("8.8.8.8"),
+        origin: TrustedProxies,
+        ..case("entries are trimmed")
+    },
+    Case {
+        trusted_proxies: TRUST_LOOPBACK,
+        xff: Some("fe80::1%eth0"),
+        invalid_entries: 1,
+        ..case("zone ids are invalid")
+    },
+    Case {
+        trusted_proxies: TRUST_LOOPBACK,
+        xff: Some("_gw1"),
+        invalid_entries: 1,
+        ..case("obfuscated identifiers are invalid")
+    },
+    Case {
+        trusted_proxies: TRUST_LOOPBACK,
+        xff: Some("::ffff:9.9.9.9"),
+        client: Some("9.9.9.9"),
+        origin: TrustedProxies,
+        ..case("mapped IPv6 becomes IPv4")
+    },
+    Case {
+        trusted_proxies: TRUST_LOOPBACK,
+        peer: Some("::1"),
+        xff: Some("2001:db8::1"),
+        client: Some("2001:db8::1"),
+        origin: TrustedProxies,
+        ..case("IPv6 trusted peer")
+    },
+    Case {
+        trusted_proxies: &["::ffff:127.0.0.0/104"],
+        xff: Some("9.9.9.9"),
+        client: Some("9.9.9.9"),
+        origin: TrustedProxies,
+        ..case("mapped trusted range matches IPv4 peer")
+    },
+    Case {
+        trusted_proxies: TRUST_LOOPBACK,
+        xff: Some(""),
+        ..case("empty XFF from a trusted peer")
+    },
+    Case {
+        trusted_proxies: TRUST_LOOPBACK,
+        ..case("no XFF from a trusted peer")
+    },
+    Case {
+        trusted_proxies: TRUST_LOOPBACK,
+        peer: None,
+        xff: Some("9.9.9.9"),
+        client: None,
+        origin: Unknown,
+        ..case("unknown peer is never trusted")
+    },
+];
+
+fn policy(case: &Case) -> TrustPolicy {
+    TrustPolicy {
+        trusted_proxies: case
+            .trusted_proxies
+            .iter()
+            .map(|text| {
+                let json = format!("{{\"trusted_proxies\":[\"{text}\"]}}");
+                FilterConfig::from_json(json.as_bytes())
+                    .unwrap()
+                    .trust
+                    .trusted_proxies[0]
+            })
+            .collect(),
+        trusted_hops: case.trusted_hops,
+    }
+}
+
+fn ip(text: &str) -> IpAddr {
+    text.parse().unwrap()
+}
+
+#[test]
+fn resolution_rules() {
+    for case in CASES {
+        let got = resolve_client(
+            &policy(case),
+            case.peer.map(ip),
+            case.xff.map(str::as_bytes),
+        );
+        let want = Resolution {
+            client: case.client.map(ip),
+            origin: case.origin,
+            invalid_entries: case.invalid_entries,
+        };
+        assert_eq!(got, want, "case: {}", case.name);
+    }
+}
+
+#[test]
+fn repeated_headers_as_envoy_joins_them() {
+    // Envoy joins repeated X-Forwarded-For headers with "," before filters run.
+    let policy = policy(&Case {
+        trusted_proxies: TRUST_LOOPBACK,
+        ..case("")
+    });
+    let joined = "9.9.9.9, 10.0.0.1,127.0.0.9";
+    let got = resolve_client(&policy, Some(ip("127.0.0.5")), Some(joined.as_bytes()));
+    assert_eq!(got.client, Some(ip("10.0.0.1")));
+}
+
+#[test]
+fn the_walk_is_capped() {
+    let policy = policy(&Case {
+        trusted_proxies: TRUST_LOOPBACK,
+        ..case("")
+    });
+    let chain = vec!["127.0.0.1"; MAX_FORWARDED_ENTRIES + 5].join(",");
+    let xff = format!("9.9.9.9,{chain}");
+    let got = resolve_client(&policy, Some(ip("127.0.0.5")), Some(xff.as_bytes()));
+    assert_eq!(got.client, Some(ip("127.0.0.1")));
+    assert_eq!(got.origin, TrustedProxies);
+}
+
+#[test]
+fn rewrites_per_mode() {
+    let received = Some(b"6.6.6.6".as_slice());
+    let peer = Some(ip("127.0.0.5"));
+    let mut scratch = Vec::new();
+    assert_eq!(
+        forwarded_for_edit(XffMode::Append, received, peer, peer, &mut scratch),
+        HeaderEdit::Set(b"6.6.6.6, 127.0.0.5")
+    );
+    assert_eq!(
+        forwarded_for_edit(XffMode::Overwrite, received, peer, peer, &mut scratch),
+        HeaderEdit::Set(b"127.0.0.5")
+    );
+    assert_eq!(
+        forwarded_for_edit(XffMode::Preserve, received, peer, peer, &mut scratch),
+        HeaderEdit::Keep
+    );
+}
+
+#[test]
+fn config_errors_name_field_and_value() {
+    let error = FilterConfig::from_json(br#"{"trusted_hops":4294967295}"#).unwrap_err();
+    assert_eq!(error.field, "trusted_hops");
+    assert!(error.problem.contains("4294967295"), "{error}");
+    let error = FilterConfig::from_json(br#"{"trusted_hops":4294967296}"#).unwrap_err();
+    assert_eq!(error.field, "trusted_hops");
+    assert!(error.problem.contains("4294967296"), "{error}");
+}
