@@ -2,7 +2,7 @@
 
 use std::net::IpAddr;
 
-use crate::address::IpText;
+use crate::address::{parse_forwarded_entry, IpText};
 use crate::config::XffMode;
 
 /// A change to one request header.
@@ -14,17 +14,33 @@ pub enum HeaderEdit<'a> {
     Remove,
 }
 
+/// With `use_remote_address: true` Envoy appends the peer to X-Forwarded-For
+/// before any filter runs. Given the value the filter sees and that peer,
+/// returns the value as it arrived on the wire, or `None` when the rightmost
+/// entry is not the peer (Envoy did not append).
+pub fn strip_envoy_append(forwarded_for: &[u8], peer: IpAddr) -> Option<&[u8]> {
+    let (received, last) = match forwarded_for.iter().rposition(|&b| b == b',') {
+        Some(comma) => (
+            forwarded_for.get(..comma)?,
+            forwarded_for.get(comma.checked_add(1)?..)?,
+        ),
+        None => (&[][..], forwarded_for),
+    };
+    (parse_forwarded_entry(last) == Some(peer)).then_some(received)
+}
+
 /// The X-Forwarded-For that leaves the filter. The new value is built in
 /// `scratch`, a buffer the caller reuses so that requests do not allocate.
 ///
 /// - `append`: the received value followed by the peer, or the peer alone
-///   (Envoy's `use_remote_address: true` behaviour). An unknown peer cannot
-///   be appended, so the header is kept.
+///   (Envoy's `use_remote_address: true` behaviour). Kept as it is when Envoy
+///   has appended the peer already, or when the peer is unknown.
 /// - `overwrite`: the resolved client alone; removed if there is no client.
 /// - `preserve`: kept as received.
 pub fn forwarded_for_edit<'a>(
     mode: XffMode,
     received: Option<&[u8]>,
+    envoy_appended: bool,
     peer: Option<IpAddr>,
     client: Option<IpAddr>,
     scratch: &'a mut Vec<u8>,
@@ -33,13 +49,14 @@ pub fn forwarded_for_edit<'a>(
     match mode {
         XffMode::Preserve => HeaderEdit::Keep,
         XffMode::Append => {
-            let Some(peer) = peer else {
+            let Some(peer) = peer.filter(|_| !envoy_appended) else {
                 return HeaderEdit::Keep;
             };
             let received = received.map(<[u8]>::trim_ascii).unwrap_or_default();
             if !received.is_empty() {
                 scratch.extend_from_slice(received);
-                scratch.extend_from_slice(b", ");
+                // Envoy joins with a bare comma when it appends.
+                scratch.extend_from_slice(b",");
             }
             scratch.extend_from_slice(IpText::new(peer).as_bytes());
             HeaderEdit::Set(scratch)
@@ -68,22 +85,38 @@ mod tests {
         let edit = forwarded_for_edit(
             XffMode::Append,
             Some(b"1.1.1.1, 2.2.2.2 "),
+            false,
             ip("127.0.0.5"),
             ip("1.1.1.1"),
             &mut scratch,
         );
-        assert_eq!(edit, HeaderEdit::Set(b"1.1.1.1, 2.2.2.2, 127.0.0.5"));
-        let edit = forwarded_for_edit(XffMode::Append, None, ip("::1"), ip("::1"), &mut scratch);
+        assert_eq!(edit, HeaderEdit::Set(b"1.1.1.1, 2.2.2.2,127.0.0.5"));
+        let edit = forwarded_for_edit(
+            XffMode::Append,
+            None,
+            false,
+            ip("::1"),
+            ip("::1"),
+            &mut scratch,
+        );
         assert_eq!(edit, HeaderEdit::Set(b"::1"));
         let edit = forwarded_for_edit(
             XffMode::Append,
             Some(b"  "),
+            false,
             ip("127.0.0.5"),
             ip("127.0.0.5"),
             &mut scratch,
         );
         assert_eq!(edit, HeaderEdit::Set(b"127.0.0.5"));
-        let edit = forwarded_for_edit(XffMode::Append, Some(b"1.1.1.1"), None, None, &mut scratch);
+        let edit = forwarded_for_edit(
+            XffMode::Append,
+            Some(b"1.1.1.1"),
+            false,
+            None,
+            None,
+            &mut scratch,
+        );
         assert_eq!(edit, HeaderEdit::Keep);
     }
 
@@ -93,6 +126,7 @@ mod tests {
         let edit = forwarded_for_edit(
             XffMode::Overwrite,
             Some(b"6.6.6.6"),
+            false,
             ip("127.0.0.5"),
             ip("127.0.0.5"),
             &mut scratch,
@@ -101,6 +135,7 @@ mod tests {
         let edit = forwarded_for_edit(
             XffMode::Overwrite,
             Some(b"6.6.6.6"),
+            false,
             None,
             None,
             &mut scratch,
@@ -109,11 +144,39 @@ mod tests {
     }
 
     #[test]
+    fn envoy_append_is_recognised_and_not_repeated() {
+        assert_eq!(
+            strip_envoy_append(b"6.6.6.6, 127.0.0.5", ip("127.0.0.5").unwrap()),
+            Some(&b"6.6.6.6"[..])
+        );
+        assert_eq!(
+            strip_envoy_append(b"127.0.0.5", ip("127.0.0.5").unwrap()),
+            Some(&b""[..])
+        );
+        assert_eq!(
+            strip_envoy_append(b"127.0.0.5, 6.6.6.6", ip("127.0.0.5").unwrap()),
+            None
+        );
+        assert_eq!(strip_envoy_append(b"", ip("127.0.0.5").unwrap()), None);
+        let mut scratch = Vec::new();
+        let edit = forwarded_for_edit(
+            XffMode::Append,
+            Some(b"6.6.6.6"),
+            true,
+            ip("127.0.0.5"),
+            ip("127.0.0.5"),
+            &mut scratch,
+        );
+        assert_eq!(edit, HeaderEdit::Keep);
+    }
+
+    #[test]
     fn preserve_keeps_what_came() {
         let mut scratch = Vec::new();
         let edit = forwarded_for_edit(
             XffMode::Preserve,
             Some(b"6.6.6.6"),
+            false,
             ip("127.0.0.5"),
             ip("127.0.0.5"),
             &mut scratch,

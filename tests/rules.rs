@@ -326,15 +326,22 @@ fn rewrites_per_mode() {
     let peer = Some(ip("127.0.0.5"));
     let mut scratch = Vec::new();
     assert_eq!(
-        forwarded_for_edit(XffMode::Append, received, peer, peer, &mut scratch),
-        HeaderEdit::Set(b"6.6.6.6, 127.0.0.5")
+        forwarded_for_edit(XffMode::Append, received, false, peer, peer, &mut scratch),
+        HeaderEdit::Set(b"6.6.6.6,127.0.0.5")
     );
     assert_eq!(
-        forwarded_for_edit(XffMode::Overwrite, received, peer, peer, &mut scratch),
+        forwarded_for_edit(
+            XffMode::Overwrite,
+            received,
+            false,
+            peer,
+            peer,
+            &mut scratch
+        ),
         HeaderEdit::Set(b"127.0.0.5")
     );
     assert_eq!(
-        forwarded_for_edit(XffMode::Preserve, received, peer, peer, &mut scratch),
+        forwarded_for_edit(XffMode::Preserve, received, false, peer, peer, &mut scratch),
         HeaderEdit::Keep
     );
 }

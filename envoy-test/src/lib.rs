@@ -158,6 +158,11 @@ impl Listener {
         }
     }
 
+    pub fn without_peer_filter(mut self) -> Listener {
+        self.peer_filter = false;
+        self
+    }
+
     pub fn on(mut self, address: &str) -> Listener {
         self.address = address.to_owned();
         self
@@ -202,7 +207,7 @@ pub fn http_filter(module: &Path, root_id: &str, plugin_json: &str) -> Value {
                 "root_id": root_id,
                 "configuration": string_value(plugin_json),
                 "vm_config": vm_config(module),
-                "fail_open": false
+                "failure_policy": "FAIL_CLOSED"
             }
         }
     })

@@ -65,7 +65,7 @@ impl Stats {
         for (id, delta) in self.ids.iter().zip(tally.take()) {
             if delta > 0 {
                 if let Err(status) = host::increment_counter(*id, delta) {
-                    log::debug!("client_ip: counter {id} not incremented (host status {status})");
+                    log::debug!("counter {id} not incremented (host status {status})");
                 }
             }
         }

@@ -12,7 +12,7 @@ use super::host::{self, path};
 use crate::address::{parse_forwarded_entry, parse_socket_peer, IpText};
 use crate::config::FilterConfig;
 use crate::resolve::{resolve_client, ClientOrigin};
-use crate::rewrite::{forwarded_for_edit, HeaderEdit};
+use crate::rewrite::{forwarded_for_edit, strip_envoy_append, HeaderEdit};
 
 const X_FORWARDED_FOR: &str = "x-forwarded-for";
 
@@ -36,13 +36,20 @@ impl HttpShared {
     fn serve_request(&self) {
         let tally = &self.tally;
         bump(&tally.requests, 1);
-        let peer = read_peer();
+        let seen_xff = logged(X_FORWARDED_FOR, host::get_request_header(X_FORWARDED_FOR)).flatten();
+        let peer = read_peer(seen_xff.is_some());
         if peer.is_none() {
             bump(&tally.peer_unknown, 1);
         }
-        let received_xff =
-            logged(X_FORWARDED_FOR, host::get_request_header(X_FORWARDED_FOR)).flatten();
-        let resolution = resolve_client(&self.config.trust, peer, received_xff.as_deref());
+        // Under `use_remote_address: true` Envoy has appended the peer already;
+        // the rules speak of X-Forwarded-For as it arrived.
+        let envoy_appended_to = match (&seen_xff, peer) {
+            (Some(seen), Some(Peer::FromConnectionManager(ip))) => strip_envoy_append(seen, ip),
+            _ => None,
+        };
+        let received_xff = envoy_appended_to.or(seen_xff.as_deref());
+        let peer_ip = peer.map(Peer::ip);
+        let resolution = resolve_client(&self.config.trust, peer_ip, received_xff);
         bump(
             &tally.invalid_xff_entries,
             u64::from(resolution.invalid_entries),
@@ -58,7 +65,12 @@ impl HttpShared {
         if let Some(header) = &self.config.client_ip_header {
             self.write_client_header(header, client.as_ref());
         }
-        self.write_forwarded_for(received_xff.as_deref(), peer, resolution.client);
+        self.write_forwarded_for(
+            received_xff,
+            envoy_appended_to.is_some(),
+            peer_ip,
+            resolution.client,
+        );
         if let Some(client) = &client {
             logged(
                 "filter state",
@@ -86,6 +98,7 @@ impl HttpShared {
     fn write_forwarded_for(
         &self,
         received: Option<&[u8]>,
+        envoy_appended: bool,
         peer: Option<IpAddr>,
         client: Option<IpAddr>,
     ) {
@@ -97,8 +110,15 @@ impl HttpShared {
             Ok(scratch) => scratch,
             Err(_) => &mut spare,
         };
-        let result = match forwarded_for_edit(self.config.xff_mode, received, peer, client, scratch)
-        {
+        let edit = forwarded_for_edit(
+            self.config.xff_mode,
+            received,
+            envoy_appended,
+            peer,
+            client,
+            scratch,
+        );
+        let result = match edit {
             HeaderEdit::Keep => return,
             HeaderEdit::Set(value) => host::set_request_header(X_FORWARDED_FOR, value),
             HeaderEdit::Remove => host::remove_request_header(X_FORWARDED_FOR),
@@ -107,14 +127,39 @@ impl HttpShared {
     }
 }
 
-/// The true downstream peer: recorded by the network filter if it runs, else
-/// Envoy's `source.address` when that is a real socket address.
-fn read_peer() -> Option<IpAddr> {
-    if let Some(recorded) = logged("peer", host::get_property(path::CLIENT_IP_PEER)).flatten() {
-        return parse_forwarded_entry(&recorded);
+/// The true downstream peer, and who reported it.
+#[derive(Clone, Copy)]
+enum Peer {
+    /// Envoy's `source.address` with a real port: the connection manager
+    /// kept the socket's address (no X-Forwarded-For came, or
+    /// `use_remote_address: true`).
+    FromConnectionManager(IpAddr),
+    /// Recorded at connection time by the `client_ip_peer` network filter.
+    FromNetworkFilter(IpAddr),
+}
+
+impl Peer {
+    fn ip(self) -> IpAddr {
+        match self {
+            Peer::FromConnectionManager(ip) | Peer::FromNetworkFilter(ip) => ip,
+        }
     }
-    let source = logged("peer", host::get_property(path::SOURCE_ADDRESS)).flatten()?;
-    parse_socket_peer(&source)
+}
+
+/// With `use_remote_address: false` and an X-Forwarded-For present, Envoy's
+/// `source.address` is that header's rightmost entry with port 0, which the
+/// client controls; only then is the network filter's record needed.
+fn read_peer(has_xff: bool) -> Option<Peer> {
+    let source = logged("peer", host::get_property(path::SOURCE_ADDRESS)).flatten();
+    if let Some(ip) = source.as_deref().and_then(parse_socket_peer) {
+        return Some(Peer::FromConnectionManager(ip));
+    }
+    if !has_xff && source.is_some() {
+        // Not an IP socket (e.g. a pipe), and not replaced from a header.
+        return None;
+    }
+    let recorded = logged("peer", host::get_property(path::CLIENT_IP_PEER)).flatten()?;
+    parse_forwarded_entry(&recorded).map(Peer::FromNetworkFilter)
 }
 
 /// A failed host call never fails the request: it is logged and the request
@@ -123,7 +168,7 @@ fn logged<T>(what: &str, result: Result<T, host::Status>) -> Option<T> {
     match result {
         Ok(value) => Some(value),
         Err(status) => {
-            log::debug!("client_ip: host call on {what} failed (host status {status})");
+            log::debug!("host call on {what} failed (host status {status})");
             None
         }
     }

@@ -19,16 +19,16 @@ impl StreamContext for PeerRecorder {
                 Some(peer) => {
                     let text = IpText::new(peer);
                     if let Err(status) = host::set_property(path::CLIENT_IP_PEER, text.as_bytes()) {
-                        log::warn!("client_ip_peer: peer not recorded (host status {status})");
+                        log::warn!("peer not recorded (host status {status})");
                     }
                 }
                 None => log::debug!(
-                    "client_ip_peer: peer {:?} is not an IP address",
+                    "peer {:?} is not an IP address",
                     String::from_utf8_lossy(&raw)
                 ),
             },
-            Ok(None) => log::debug!("client_ip_peer: connection has no peer address"),
-            Err(status) => log::warn!("client_ip_peer: peer unreadable (host status {status})"),
+            Ok(None) => log::debug!("connection has no peer address"),
+            Err(status) => log::warn!("peer unreadable (host status {status})"),
         }
         Action::Continue
     }

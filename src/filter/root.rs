@@ -61,20 +61,20 @@ impl PluginRoot {
         let config = match FilterConfig::from_json(json) {
             Ok(config) => config,
             Err(error) => {
-                log::error!("client_ip: invalid plugin configuration: {error}");
+                log::error!("invalid plugin configuration: {error}");
                 return false;
             }
         };
         if config.ignores_trusted_proxies() {
-            log::warn!("client_ip: trusted_hops is set, so trusted_proxies is not used");
+            log::warn!("trusted_hops is set, so trusted_proxies is not used");
         }
         if self.stats.is_none() {
             match Stats::define() {
                 Ok(stats) => self.stats = Some(stats),
-                Err(status) => log::warn!("client_ip: counters unavailable (host status {status})"),
+                Err(status) => log::warn!("counters unavailable (host status {status})"),
             }
             if let Err(status) = host::set_tick_period_milliseconds(STATS_PERIOD_MS) {
-                log::warn!("client_ip: counters will not be published (host status {status})");
+                log::warn!("counters will not be published (host status {status})");
             }
         }
         self.flush_stats();
@@ -99,9 +99,7 @@ impl RootContext for PluginRoot {
         let json = match host::plugin_configuration(plugin_configuration_size) {
             Ok(json) => json,
             Err(status) => {
-                log::error!(
-                    "client_ip: cannot read the plugin configuration (host status {status})"
-                );
+                log::error!("cannot read the plugin configuration (host status {status})");
                 return false;
             }
         };
@@ -110,13 +108,13 @@ impl RootContext for PluginRoot {
             Role::Peer => match check_peer_config(&json) {
                 Ok(()) => true,
                 Err(error) => {
-                    log::error!("client_ip_peer: invalid plugin configuration: {error}");
+                    log::error!("invalid plugin configuration: {error}");
                     false
                 }
             },
             Role::Unknown(root_id) => {
                 log::error!(
-                    "client_ip: field `root_id`: {root_id} is not a root of this module; use \"client_ip\" for the HTTP filter or \"client_ip_peer\" for the network filter"
+                    "field `root_id`: {root_id} is not a root of this module; use \"client_ip\" for the HTTP filter or \"client_ip_peer\" for the network filter"
                 );
                 false
             }
