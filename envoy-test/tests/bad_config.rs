@@ -122,3 +122,22 @@ fn an_unknown_root_id_is_refused() {
         errors[0]
     );
 }
+
+#[test]
+fn fail_open_does_not_let_a_bad_configuration_through() {
+    let upstream = Upstream::start();
+    let dir = std::env::temp_dir().join(format!("client-ip-fail-open-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let listener = Listener::sidecar("sidecar", r#"{"xff_mode":"bogus"}"#);
+    let mut config = envoy_config(&[listener], upstream.port, &dir);
+    let plugin = config
+        .pointer_mut("/static_resources/listeners/0/filter_chains/0/filters/1/typed_config/http_filters/0/typed_config/config")
+        .unwrap();
+    plugin["failure_policy"] = json!("FAIL_OPEN");
+    let failure = match Envoy::try_start_with(config, dir, 2) {
+        Ok(envoy) => panic!("Envoy accepted the configuration:\n{}", envoy.log()),
+        Err(failure) => failure,
+    };
+    assert_eq!(failure.exit_code, Some(1));
+    assert_eq!(plugin_errors(&failure).len(), 1);
+}
