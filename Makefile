@@ -18,10 +18,10 @@ WASM_OPT_FLAGS := -O3 --enable-bulk-memory --enable-sign-ext --enable-mutable-gl
 	--enable-nontrapping-float-to-int --strip-debug --strip-producers
 
 RUST_SOURCES := Cargo.toml Cargo.lock $(shell find src -name '*.rs')
-APT_PACKAGES := binaryen curl wrk
+APT_PACKAGES := binaryen curl openssl wrk
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: build test test-unit test-wasm test-envoy lint deps deps-apt deps-venv clean
+.PHONY: build run certs test test-unit test-wasm test-envoy lint deps deps-apt deps-venv clean
 
 build: $(MODULE)
 
@@ -77,3 +77,16 @@ test-envoy: $(MODULE) deps-venv
 
 clean:
 	rm -rf build target $(VENV)
+
+# ---------------------------------------------------------------- demo
+run: $(MODULE) deps-venv
+	envoy-test/mesh.sh
+
+# The gateway's self-signed certificate, for running the configs without
+# `make run` (docker compose, func-e). `make run` makes it itself.
+certs: envoy-test/run/tls/cert.pem
+envoy-test/run/tls/cert.pem:
+	mkdir -p $(@D)
+	openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj /CN=localhost \
+	  -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+	  -keyout $(@D)/key.pem -out $@ 2>/dev/null
