@@ -18,10 +18,10 @@ WASM_OPT_FLAGS := -O3 --enable-bulk-memory --enable-sign-ext --enable-mutable-gl
 	--enable-nontrapping-float-to-int --strip-debug --strip-producers
 
 RUST_SOURCES := Cargo.toml Cargo.lock $(shell find src -name '*.rs')
-APT_PACKAGES := binaryen curl openssl wrk
+APT_PACKAGES := binaryen buildah curl docker-registry openssl wrk
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: build run certs test test-unit test-wasm test-envoy lint deps deps-apt deps-venv clean
+.PHONY: build image push run certs test test-unit test-wasm test-envoy test-manifests lint deps deps-apt deps-venv clean
 
 build: $(MODULE)
 
@@ -52,7 +52,7 @@ $(VENV)/.installed: envoy-test/requirements.txt
 	touch $@
 
 # ---------------------------------------------------------------- tests
-test: lint test-unit test-wasm test-envoy
+test: lint test-unit test-wasm test-envoy test-manifests
 
 lint:
 	cargo fmt --all --check
@@ -75,8 +75,46 @@ test-envoy: $(MODULE) deps-venv
 	ENVOY_BIN=$(abspath $(ENVOY)) PLUGIN_WASM=$(abspath $(MODULE)) \
 	  cargo test --locked -p envoy-test -- --test-threads 2
 
+# wasmplugin/ against Istio's CRD (from ../shared/istio/) and real Envoy.
+test-manifests: $(MODULE) deps-venv
+	ENVOY_BIN=$(abspath $(ENVOY)) PLUGIN_WASM=$(abspath $(MODULE)) \
+	  $(VENV)/bin/pytest -q -p no:cacheprovider envoy-test/test_manifests.py
+
 clean:
 	rm -rf build target $(VENV)
+
+# ---------------------------------------------------------------- image
+# The module as an OCI image for Istio's WasmPlugin: one layer, a tar.gz
+# holding /plugin.wasm. `make push` prints the manifest digest to pin.
+IMAGE ?= localhost/client-ip:dev
+TLS_VERIFY ?= true
+# buildah needs no daemon; set CONTAINER_TOOL=docker or podman to use yours.
+CONTAINER_TOOL ?= buildah
+IMAGE_CONTEXT := build/image
+BUILDAH := buildah --root $(abspath build/containers/storage) \
+	--runroot $(abspath build/containers/run) --storage-driver vfs
+
+image: $(MODULE)
+	rm -rf $(IMAGE_CONTEXT) && mkdir -p $(IMAGE_CONTEXT) && cp $(MODULE) $(IMAGE_CONTEXT)/plugin.wasm
+ifeq ($(CONTAINER_TOOL),buildah)
+	$(BUILDAH) build --quiet --isolation chroot --timestamp 0 --identity-label=false \
+	  --omit-history -f Containerfile -t $(IMAGE) $(IMAGE_CONTEXT)
+else
+	$(CONTAINER_TOOL) build -f Containerfile -t $(IMAGE) $(IMAGE_CONTEXT)
+endif
+
+push: image
+ifeq ($(CONTAINER_TOOL),buildah)
+	$(BUILDAH) push --quiet --tls-verify=$(TLS_VERIFY) --digestfile build/image.digest $(IMAGE) docker://$(IMAGE)
+else ifeq ($(CONTAINER_TOOL),podman)
+	podman push --tls-verify=$(TLS_VERIFY) --digestfile build/image.digest $(IMAGE)
+else
+	$(CONTAINER_TOOL) push $(IMAGE) | tee build/push.log
+	sed -n 's/.*digest: \(sha256:[0-9a-f]*\).*/\1/p' build/push.log > build/image.digest
+endif
+	@echo "pushed $(IMAGE)"
+	@echo "manifest digest: $$(cat build/image.digest)"
+	@echo "WasmPlugin: url: oci://$(IMAGE)  sha256: $$(cut -d: -f2 build/image.digest)"
 
 # ---------------------------------------------------------------- demo
 run: $(MODULE) deps-venv

@@ -45,7 +45,7 @@ pub fn module_path() -> PathBuf {
     required_file("PLUGIN_WASM", repo_root().join("build/plugin.wasm"))
 }
 
-fn scratch_dir(tag: &str) -> PathBuf {
+pub fn scratch_dir(tag: &str) -> PathBuf {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     let dir = std::env::temp_dir().join(format!(
         "client-ip-{tag}-{}-{}",
@@ -270,12 +270,21 @@ fn listener_config(listener: &Listener, module: &Path, log_dir: &Path) -> Value 
 
 /// A whole bootstrap: the listeners, one upstream cluster, admin on a free port.
 pub fn envoy_config(listeners: &[Listener], upstream_port: u16, log_dir: &Path) -> Value {
-    let module = module_path();
+    envoy_config_with_module(listeners, upstream_port, log_dir, &module_path())
+}
+
+/// The same, loading the filter from `module`.
+pub fn envoy_config_with_module(
+    listeners: &[Listener],
+    upstream_port: u16,
+    log_dir: &Path,
+    module: &Path,
+) -> Value {
     json!({
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
         "static_resources": {
             "listeners": listeners.iter()
-                .map(|l| listener_config(l, &module, log_dir))
+                .map(|l| listener_config(l, module, log_dir))
                 .collect::<Vec<_>>(),
             "clusters": [{
                 "name": "app",
@@ -318,9 +327,17 @@ impl Envoy {
     }
 
     pub fn try_start(listeners: &[Listener]) -> Result<Envoy, StartFailure> {
+        Envoy::try_start_with_module(listeners, &module_path())
+    }
+
+    /// Starts Envoy with the filter loaded from `module`.
+    pub fn try_start_with_module(
+        listeners: &[Listener],
+        module: &Path,
+    ) -> Result<Envoy, StartFailure> {
         let upstream = Upstream::start();
         let dir = scratch_dir("envoy");
-        let config = envoy_config(listeners, upstream.port, &dir);
+        let config = envoy_config_with_module(listeners, upstream.port, &dir, module);
         Envoy::try_start_with(config, dir, 2)
     }
 
@@ -468,6 +485,8 @@ pub struct Request {
 pub struct Response {
     pub status: u16,
     pub body: String,
+    /// The body as bytes, for binary payloads.
+    pub bytes: Vec<u8>,
 }
 
 impl Request {
@@ -524,37 +543,52 @@ impl Request {
         stream.write_all(&head)?;
         let mut raw = Vec::new();
         stream.read_to_end(&mut raw)?;
-        let text = String::from_utf8_lossy(&raw);
-        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let split = raw
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .ok_or_else(|| {
+                std::io::Error::other(format!(
+                    "no HTTP response: {:?}",
+                    String::from_utf8_lossy(&raw)
+                ))
+            })?;
+        let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
+        let body = &raw[split + 4..];
         let status = head
             .split_whitespace()
             .nth(1)
             .and_then(|s| s.parse().ok())
-            .ok_or_else(|| std::io::Error::other(format!("no HTTP response: {text:?}")))?;
-        let chunked = head.lines().any(|line| {
-            line.to_ascii_lowercase().starts_with("transfer-encoding:")
-                && line.to_ascii_lowercase().contains("chunked")
-        });
-        let body = if chunked {
+            .ok_or_else(|| std::io::Error::other(format!("no HTTP status: {head:?}")))?;
+        let chunked = head
+            .lines()
+            .any(|line| line.starts_with("transfer-encoding:") && line.contains("chunked"));
+        let bytes = if chunked {
             dechunk(body)
         } else {
-            body.to_owned()
+            body.to_vec()
         };
-        Ok(Response { status, body })
+        Ok(Response {
+            status,
+            body: String::from_utf8_lossy(&bytes).into_owned(),
+            bytes,
+        })
     }
 }
 
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if size == 0 || rest.len() < size {
-            break;
+fn dechunk(mut body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(line_end) = body.windows(2).position(|w| w == b"\r\n") {
+        let size = std::str::from_utf8(&body[..line_end])
+            .ok()
+            .and_then(|s| usize::from_str_radix(s.trim(), 16).ok());
+        let rest = &body[line_end + 2..];
+        match size {
+            Some(size) if size > 0 && rest.len() >= size => {
+                out.extend_from_slice(&rest[..size]);
+                body = rest[size..].strip_prefix(b"\r\n").unwrap_or(&rest[size..]);
+            }
+            _ => break,
         }
-        out.push_str(&rest[..size]);
-        body = rest[size..].trim_start_matches("\r\n");
     }
     out
 }
