@@ -15,9 +15,11 @@ pub enum HeaderEdit<'a> {
 }
 
 /// With `use_remote_address: true` Envoy appends the peer to X-Forwarded-For
-/// before any filter runs. Given the value the filter sees and that peer,
+/// before any filter runs. Given the value the filter sees and the peer,
 /// returns the value as it arrived on the wire, or `None` when the rightmost
-/// entry is not the peer (Envoy did not append).
+/// entry is not the peer. A peer that names itself there says nothing the
+/// rules do not already know, so dropping that entry is harmless whoever
+/// wrote it.
 pub fn strip_envoy_append(forwarded_for: &[u8], peer: IpAddr) -> Option<&[u8]> {
     let (received, last) = match forwarded_for.iter().rposition(|&b| b == b',') {
         Some(comma) => (

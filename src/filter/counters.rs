@@ -1,6 +1,7 @@
 //! The filter's counters. Requests bump plain cells in the VM; the root adds
 //! them to Envoy's stats once a second, which keeps host calls off the
-//! request path. Envoy shows them as `wasmcustom.<name>`.
+//! request path, and records the VM's memory as a gauge. Envoy shows them as
+//! `wasmcustom.<name>`.
 
 use std::cell::Cell;
 
@@ -46,9 +47,13 @@ impl Tally {
     }
 }
 
+/// The VM's linear memory, published with the counters.
+const MEMORY_GAUGE: &str = "client_ip.vm_memory_bytes";
+
 /// Envoy's handles for the counters, defined once per root.
 pub struct Stats {
     ids: Vec<u32>,
+    memory_gauge: u32,
 }
 
 impl Stats {
@@ -57,7 +62,8 @@ impl Stats {
             .iter()
             .map(|name| host::define_counter(name))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Stats { ids })
+        let memory_gauge = host::define_gauge(MEMORY_GAUGE)?;
+        Ok(Stats { ids, memory_gauge })
     }
 
     /// Adds what the tally holds to Envoy's counters and empties it.
@@ -69,5 +75,20 @@ impl Stats {
                 }
             }
         }
+        if let Err(status) = host::record_gauge(self.memory_gauge, linear_memory_bytes()) {
+            log::debug!("memory gauge not recorded (host status {status})");
+        }
+    }
+}
+
+fn linear_memory_bytes() -> u64 {
+    #[cfg(target_arch = "wasm32")]
+    {
+        const WASM_PAGE: u64 = 64 * 1024;
+        (core::arch::wasm32::memory_size(0) as u64).saturating_mul(WASM_PAGE)
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        0
     }
 }

@@ -14,6 +14,7 @@ const NOT_FOUND: u32 = 1;
 const REQUEST_HEADERS: u32 = 0;
 const PLUGIN_CONFIGURATION: u32 = 7;
 const COUNTER: u32 = 0;
+const GAUGE: u32 = 1;
 
 /// Property paths, serialised as proxy-wasm expects: segments joined by NUL.
 pub mod path {
@@ -71,6 +72,7 @@ extern "C" {
         metric_id: *mut u32,
     ) -> u32;
     fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
+    fn proxy_record_metric(metric_id: u32, value: u64) -> u32;
     fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
 }
 
@@ -153,10 +155,23 @@ pub fn plugin_configuration(size: usize) -> Result<Vec<u8>, Status> {
 }
 
 pub fn define_counter(name: &str) -> Result<u32, Status> {
+    define_metric(COUNTER, name)
+}
+
+pub fn define_gauge(name: &str) -> Result<u32, Status> {
+    define_metric(GAUGE, name)
+}
+
+fn define_metric(kind: u32, name: &str) -> Result<u32, Status> {
     let mut id: u32 = 0;
     // SAFETY: pointers and lengths come from a live slice and a local.
-    check(unsafe { proxy_define_metric(COUNTER, name.as_ptr(), name.len(), &mut id) })?;
+    check(unsafe { proxy_define_metric(kind, name.as_ptr(), name.len(), &mut id) })?;
     Ok(id)
+}
+
+pub fn record_gauge(id: u32, value: u64) -> Result<(), Status> {
+    // SAFETY: plain values.
+    check(unsafe { proxy_record_metric(id, value) })
 }
 
 pub fn increment_counter(id: u32, by: u64) -> Result<(), Status> {

@@ -36,20 +36,19 @@ impl HttpShared {
     fn serve_request(&self) {
         let tally = &self.tally;
         bump(&tally.requests, 1);
-        let seen_xff = logged(X_FORWARDED_FOR, host::get_request_header(X_FORWARDED_FOR)).flatten();
-        let peer = read_peer(seen_xff.is_some());
+        let peer = read_peer();
         if peer.is_none() {
             bump(&tally.peer_unknown, 1);
         }
+        let seen_xff = logged(X_FORWARDED_FOR, host::get_request_header(X_FORWARDED_FOR)).flatten();
         // Under `use_remote_address: true` Envoy has appended the peer already;
         // the rules speak of X-Forwarded-For as it arrived.
         let envoy_appended_to = match (&seen_xff, peer) {
-            (Some(seen), Some(Peer::FromConnectionManager(ip))) => strip_envoy_append(seen, ip),
+            (Some(seen), Some(peer)) => strip_envoy_append(seen, peer),
             _ => None,
         };
         let received_xff = envoy_appended_to.or(seen_xff.as_deref());
-        let peer_ip = peer.map(Peer::ip);
-        let resolution = resolve_client(&self.config.trust, peer_ip, received_xff);
+        let resolution = resolve_client(&self.config.trust, peer, received_xff);
         bump(
             &tally.invalid_xff_entries,
             u64::from(resolution.invalid_entries),
@@ -68,7 +67,7 @@ impl HttpShared {
         self.write_forwarded_for(
             received_xff,
             envoy_appended_to.is_some(),
-            peer_ip,
+            peer,
             resolution.client,
         );
         if let Some(client) = &client {
@@ -127,39 +126,17 @@ impl HttpShared {
     }
 }
 
-/// The true downstream peer, and who reported it.
-#[derive(Clone, Copy)]
-enum Peer {
-    /// Envoy's `source.address` with a real port: the connection manager
-    /// kept the socket's address (no X-Forwarded-For came, or
-    /// `use_remote_address: true`).
-    FromConnectionManager(IpAddr),
-    /// Recorded at connection time by the `client_ip_peer` network filter.
-    FromNetworkFilter(IpAddr),
-}
-
-impl Peer {
-    fn ip(self) -> IpAddr {
-        match self {
-            Peer::FromConnectionManager(ip) | Peer::FromNetworkFilter(ip) => ip,
-        }
-    }
-}
-
+/// The true downstream peer: the network filter's record when it runs, else
+/// Envoy's `source.address` when that is the socket's (it has a real port).
 /// With `use_remote_address: false` and an X-Forwarded-For present, Envoy's
 /// `source.address` is that header's rightmost entry with port 0, which the
-/// client controls; only then is the network filter's record needed.
-fn read_peer(has_xff: bool) -> Option<Peer> {
-    let source = logged("peer", host::get_property(path::SOURCE_ADDRESS)).flatten();
-    if let Some(ip) = source.as_deref().and_then(parse_socket_peer) {
-        return Some(Peer::FromConnectionManager(ip));
+/// client controls, so then the peer is unknown.
+fn read_peer() -> Option<IpAddr> {
+    if let Some(recorded) = logged("peer", host::get_property(path::CLIENT_IP_PEER)).flatten() {
+        return parse_forwarded_entry(&recorded);
     }
-    if !has_xff && source.is_some() {
-        // Not an IP socket (e.g. a pipe), and not replaced from a header.
-        return None;
-    }
-    let recorded = logged("peer", host::get_property(path::CLIENT_IP_PEER)).flatten()?;
-    parse_forwarded_entry(&recorded).map(Peer::FromNetworkFilter)
+    let source = logged("peer", host::get_property(path::SOURCE_ADDRESS)).flatten()?;
+    parse_socket_peer(&source)
 }
 
 /// A failed host call never fails the request: it is logged and the request
