@@ -21,7 +21,7 @@ RUST_SOURCES := Cargo.toml Cargo.lock $(shell find src -name '*.rs')
 APT_PACKAGES := binaryen buildah curl docker-registry openssl wrk
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: build image push run certs test test-unit test-wasm test-envoy test-manifests lint deps deps-apt deps-venv clean
+.PHONY: build image push bench run certs test test-unit test-wasm test-envoy test-manifests lint deps deps-apt deps-venv clean
 
 build: $(MODULE)
 
@@ -115,6 +115,12 @@ endif
 	@echo "pushed $(IMAGE)"
 	@echo "manifest digest: $$(cat build/image.digest)"
 	@echo "WasmPlugin: url: oci://$(IMAGE)  sha256: $$(cut -d: -f2 build/image.digest)"
+
+# ---------------------------------------------------------------- bench
+# Not part of `make test`: timings belong here. Writes BENCHMARKS.md and
+# benchmarks.svg. BENCH_ROUNDS and BENCH_SECONDS shorten or lengthen it.
+bench: $(MODULE) deps-venv | deps-apt
+	ENVOY_BIN=$(abspath $(ENVOY)) PLUGIN_WASM=$(abspath $(MODULE)) $(VENV)/bin/python envoy-test/bench.py
 
 # ---------------------------------------------------------------- demo
 run: $(MODULE) deps-venv
