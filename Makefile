@@ -21,7 +21,7 @@ RUST_SOURCES := Cargo.toml Cargo.lock $(shell find src -name '*.rs')
 APT_PACKAGES := binaryen buildah curl docker-registry openssl wrk
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: build image push bench run certs test test-unit test-wasm test-envoy test-manifests lint deps deps-apt deps-venv clean
+.PHONY: build image push bench fuzz soak run certs test test-fuzz test-unit test-wasm test-envoy test-manifests lint deps deps-apt deps-venv clean
 
 build: $(MODULE)
 
@@ -52,7 +52,7 @@ $(VENV)/.installed: envoy-test/requirements.txt
 	touch $@
 
 # ---------------------------------------------------------------- tests
-test: lint test-unit test-wasm test-envoy test-manifests
+test: lint test-unit test-wasm test-envoy test-manifests test-fuzz
 
 lint:
 	cargo fmt --all --check
@@ -115,6 +115,35 @@ endif
 	@echo "pushed $(IMAGE)"
 	@echo "manifest digest: $$(cat build/image.digest)"
 	@echo "WasmPlugin: url: oci://$(IMAGE)  sha256: $$(cut -d: -f2 build/image.digest)"
+
+# ---------------------------------------------------------------- fuzz
+# cargo-fuzz (libFuzzer, nightly) on the address parser, the config parser
+# and whole resolution; FUZZ_SECONDS per target. New inputs go to
+# build/fuzz/; the seeds in fuzz/corpus/ are only read. A crash fails the
+# run and leaves its input in build/fuzz/artifacts/.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := forwarded_entry plugin_config resolution
+fuzz:
+	@cargo +nightly fuzz --version >/dev/null 2>&1 || cargo +nightly install --quiet cargo-fuzz
+	@set -o pipefail; for target in $(FUZZ_TARGETS); do \
+	  mkdir -p build/fuzz/corpus/$$target build/fuzz/artifacts/$$target; \
+	  echo "fuzz: $$target for $(FUZZ_SECONDS) s"; \
+	  (cd fuzz && cargo +nightly fuzz run $$target ../build/fuzz/corpus/$$target corpus/$$target -- \
+	    -max_total_time=$(FUZZ_SECONDS) -artifact_prefix=../build/fuzz/artifacts/$$target/ -print_final_stats=1 2>&1 \
+	    | grep -E "^(#[0-9]+ +DONE|Done [0-9]+ runs|stat::number_of_executed_units|==[0-9]+==ERROR|SUMMARY|thread .* panicked)") \
+	    || exit 1; \
+	done
+
+# A short fuzzing run for every target, part of `make test`.
+test-fuzz:
+	$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=10
+
+# ---------------------------------------------------------------- soak
+# The adversarial soak at length; `make test` runs a short one.
+SOAK_REQUESTS ?= 40000
+soak: $(MODULE) deps-venv
+	SOAK_REQUESTS=$(SOAK_REQUESTS) ENVOY_BIN=$(abspath $(ENVOY)) PLUGIN_WASM=$(abspath $(MODULE)) \
+	  cargo test --locked -p envoy-test --test soak -- --nocapture
 
 # ---------------------------------------------------------------- bench
 # Not part of `make test`: timings belong here. Writes BENCHMARKS.md and

@@ -196,8 +196,14 @@ fn parse_json<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -> Result<T, ConfigErr
         ));
     }
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(&mut deserializer)
-        .map_err(|error| ConfigError::new(error.path().to_string(), error.inner().to_string()))
+    serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+        let field = match error.path().to_string() {
+            // An empty key is still a field the line must name.
+            path if path.is_empty() => "\"\"".to_owned(),
+            path => path,
+        };
+        ConfigError::new(field, error.inner().to_string())
+    })
 }
 
 /// The start of a refused document, quoted, for the error line.
@@ -358,6 +364,14 @@ mod tests {
             assert_eq!(error.field, field, "{json}: {error}");
             assert!(error.problem.contains(value), "{json}: {error}");
         }
+    }
+
+    /// Found by the plugin_config fuzz target.
+    #[test]
+    fn an_empty_key_is_named() {
+        let error = refused(r#" {"":1}"#);
+        assert_eq!(error.field, "\"\"");
+        assert!(error.problem.contains("unknown field"), "{error}");
     }
 
     #[test]

@@ -134,6 +134,8 @@ pub struct Listener {
     pub name: String,
     /// Loopback address to bind; the port is chosen by the kernel.
     pub address: String,
+    /// Port to bind; 0 lets the kernel choose.
+    pub port: u16,
     /// Run the `client_ip_peer` network filter before the HTTP connection manager.
     pub peer_filter: bool,
     /// Plugin JSON for the `client_ip` HTTP filter; `None` runs no HTTP filter.
@@ -151,6 +153,7 @@ impl Listener {
         Listener {
             name: name.to_owned(),
             address: "127.0.0.1".to_owned(),
+            port: 0,
             peer_filter: true,
             http_filter: Some(plugin_json.to_owned()),
             use_remote_address: false,
@@ -234,7 +237,8 @@ pub fn access_log(path: &Path) -> Value {
     }])
 }
 
-fn listener_config(listener: &Listener, module: &Path, log_dir: &Path) -> Value {
+/// One listener's config, as the bootstrap or an LDS file carries it.
+pub fn listener_config(listener: &Listener, module: &Path, log_dir: &Path) -> Value {
     let mut http_filters = Vec::new();
     if let Some(plugin_json) = &listener.http_filter {
         http_filters.push(http_filter(module, &listener.http_root_id, plugin_json));
@@ -263,7 +267,7 @@ fn listener_config(listener: &Listener, module: &Path, log_dir: &Path) -> Value 
     }));
     json!({
         "name": listener.name,
-        "address": {"socket_address": {"address": listener.address, "port_value": 0}},
+        "address": {"socket_address": {"address": listener.address, "port_value": listener.port}},
         "filter_chains": [{"filters": filters}]
     })
 }
@@ -394,6 +398,20 @@ impl Envoy {
             }
             thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Envoy's resident memory, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
     }
 
     pub fn log(&self) -> String {

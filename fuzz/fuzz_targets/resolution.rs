@@ -1,0 +1,38 @@
+//! Whole resolution from arbitrary configuration, peer and X-Forwarded-For:
+//! no panic, the client is always a valid address, an untrusted peer is
+//! always its own client, and every rewrite ends as the modes promise.
+#![no_main]
+
+use client_ip::address::{parse_forwarded_entry, IpText};
+use client_ip::config::{FilterConfig, XffMode};
+use client_ip::resolve::resolve_client;
+use client_ip::rewrite::{forwarded_for_edit, strip_envoy_append, HeaderEdit};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|input: (&[u8], &[u8], &[u8])| {
+    let (config, peer, forwarded_for) = input;
+    let config = FilterConfig::from_json(config).unwrap_or_default();
+    let peer = parse_forwarded_entry(peer);
+    let seen = (!forwarded_for.is_empty()).then_some(forwarded_for);
+    let stripped = match (seen, peer) {
+        (Some(seen), Some(peer)) => strip_envoy_append(seen, peer),
+        _ => None,
+    };
+    let received = stripped.or(seen);
+    let resolution = resolve_client(&config.trust, peer, received);
+    if let Some(client) = resolution.client {
+        assert_eq!(parse_forwarded_entry(IpText::new(client).as_bytes()), Some(client));
+    }
+    if let Some(peer) = peer {
+        if config.trust.trusted_hops == 0 && !config.trust.is_trusted(peer) {
+            assert_eq!(resolution.client, Some(peer));
+        }
+    }
+    let mut scratch = Vec::new();
+    for mode in [XffMode::Append, XffMode::Overwrite, XffMode::Preserve] {
+        let edit = forwarded_for_edit(mode, received, stripped.is_some(), peer, resolution.client, &mut scratch);
+        if let (XffMode::Overwrite, HeaderEdit::Set(value)) = (mode, edit) {
+            assert_eq!(parse_forwarded_entry(value), resolution.client);
+        }
+    }
+});
