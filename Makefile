@@ -14,8 +14,16 @@ RAW_MODULE := target/$(WASM_TARGET)/release/client_ip.wasm
 VENV := .venv
 ENVOY := $(VENV)/bin/envoy
 # wasm-opt 108 (Debian) needs the features rustc emits by default spelled out.
-WASM_OPT_FLAGS := -O3 --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
-	--enable-nontrapping-float-to-int --strip-debug --strip-producers
+WASM_FEATURES := --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
+	--enable-nontrapping-float-to-int
+WASM_OPT_FLAGS := -Oz $(WASM_FEATURES) --strip-debug --strip-producers
+# The callbacks the filter implements. The SDK exports every proxy_on_*; Envoy
+# skips a callback the module does not export, so dropping the rest saves a VM
+# entry per stream (on_done, on_log, response headers, ...) and their code.
+# envoy-test/tests/exports.rs checks the module exports exactly these.
+KEEP_EXPORTS := memory _initialize proxy_abi_version_0_2_1 proxy_on_memory_allocate \
+	proxy_on_vm_start proxy_on_configure proxy_on_tick proxy_on_context_create \
+	proxy_on_new_connection proxy_on_request_headers proxy_on_delete
 
 RUST_SOURCES := Cargo.toml Cargo.lock $(shell find src -name '*.rs')
 APT_PACKAGES := binaryen buildah curl docker-registry openssl wrk
@@ -29,7 +37,11 @@ $(MODULE): $(RUST_SOURCES) | deps-apt
 	rustup target add $(WASM_TARGET) >/dev/null
 	cargo build --release --locked --target $(WASM_TARGET)
 	mkdir -p build
-	wasm-opt $(WASM_OPT_FLAGS) $(RAW_MODULE) -o $@
+	printf '{"name":"%s","export":"%s","root":true}\n' $(foreach e,$(KEEP_EXPORTS),$(e) $(e)) \
+	  | paste -sd, | sed 's/.*/[&]/' > build/exports.json
+	wasm-metadce $(WASM_FEATURES) -f build/exports.json $(RAW_MODULE) -o build/plugin.dce.wasm >/dev/null
+	wasm-opt $(WASM_OPT_FLAGS) build/plugin.dce.wasm -o $@
+	rm -f build/plugin.dce.wasm
 	@echo "built $@ ($$(stat -c %s $@) bytes)"
 
 # ---------------------------------------------------------------- deps
