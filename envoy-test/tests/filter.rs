@@ -286,6 +286,72 @@ fn without_the_network_filter() {
 }
 
 #[test]
+fn trust_settings_on_a_sidecar_without_the_network_filter() {
+    let envoy = Envoy::start(&[
+        http_root_only("proxies", r#"{"trusted_proxies":["127.0.0.10"]}"#),
+        http_root_only("hops", r#"{"trusted_hops":2}"#),
+    ]);
+    let client_header = |listener: &str, peer: &str, xff: Option<&str>| {
+        let mut request = Request::get("/ip")
+            .from(peer)
+            .header("x-real-ip", "6.6.6.6");
+        if let Some(xff) = xff {
+            request = request.header("x-forwarded-for", xff);
+        }
+        let received = request.send(envoy.listener(listener)).received();
+        received.all("x-real-ip").first().map(|ip| ip.to_string())
+    };
+    // trusted_proxies: with an XFF the peer is hidden, so even the trusted
+    // gateway's chain is not believed and the header is removed.
+    assert_eq!(
+        client_header("proxies", "127.0.0.10", Some("203.0.113.7")),
+        None
+    );
+    assert_eq!(
+        client_header("proxies", "127.0.0.10", None).as_deref(),
+        Some("127.0.0.10")
+    );
+    // trusted_hops does not need the peer: the entry names the client, from any
+    // peer, which is why it suits only listeners every path reaches through
+    // the N proxies.
+    assert_eq!(
+        client_header("hops", "127.0.0.63", Some("203.0.113.9, 10.0.0.1")).as_deref(),
+        Some("203.0.113.9")
+    );
+    // A missing entry falls back to the peer, which is unknown here.
+    assert_eq!(
+        client_header("hops", "127.0.0.63", Some("203.0.113.9")),
+        None
+    );
+    // Envoy keeps the socket's address when the rightmost entry is not an
+    // address, so then the peer is known again.
+    assert_eq!(
+        client_header("hops", "127.0.0.63", Some("junk")).as_deref(),
+        Some("127.0.0.63")
+    );
+    assert_eq!(
+        client_header("hops", "127.0.0.63", None).as_deref(),
+        Some("127.0.0.63")
+    );
+}
+
+#[test]
+fn a_trusted_range_that_clients_send_from_lets_them_choose() {
+    // The operator's duty the README names: a client inside a trusted range
+    // is believed like a proxy.
+    let envoy = Envoy::start(&[Listener::sidecar(
+        "too_broad",
+        r#"{"trusted_proxies":["127.0.0.0/8"]}"#,
+    )]);
+    let received = Request::get("/ip")
+        .from("127.0.0.64")
+        .header("x-forwarded-for", "6.6.6.6")
+        .send(envoy.listener("too_broad"))
+        .received();
+    assert_eq!(received.one("x-real-ip"), "6.6.6.6");
+}
+
+#[test]
 fn gateway_with_both_roots() {
     let envoy = Envoy::start(&[gateway("gateway", r#"{"trusted_proxies":["127.0.0.10"]}"#)]);
     let gateway = envoy.listener("gateway");
