@@ -46,6 +46,36 @@ impl TryFrom<String> for XffMode {
     }
 }
 
+/// What happens to the RFC 7239 `Forwarded` header. Applications and
+/// frameworks that read it (often before X-Forwarded-For) would otherwise
+/// believe whatever the client wrote there.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum ForwardedMode {
+    /// Leave it as received.
+    #[default]
+    Preserve,
+    /// Replace it with `for=` the resolved client alone.
+    Overwrite,
+    /// Remove it.
+    Remove,
+}
+
+impl TryFrom<String> for ForwardedMode {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        match text.as_str() {
+            "preserve" => Ok(ForwardedMode::Preserve),
+            "overwrite" => Ok(ForwardedMode::Overwrite),
+            "remove" => Ok(ForwardedMode::Remove),
+            _ => Err(format!(
+                "{text:?} is not a mode; expected \"preserve\", \"overwrite\" or \"remove\""
+            )),
+        }
+    }
+}
+
 /// Whom the filter believes when they speak of someone else.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TrustPolicy {
@@ -65,6 +95,7 @@ impl TrustPolicy {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FilterConfig {
     pub xff_mode: XffMode,
+    pub forwarded_mode: ForwardedMode,
     /// Lower-case header name, or `None` when the header is turned off.
     pub client_ip_header: Option<String>,
     pub trust: TrustPolicy,
@@ -74,6 +105,7 @@ impl Default for FilterConfig {
     fn default() -> Self {
         FilterConfig {
             xff_mode: XffMode::default(),
+            forwarded_mode: ForwardedMode::default(),
             client_ip_header: Some(DEFAULT_CLIENT_IP_HEADER.to_owned()),
             trust: TrustPolicy::default(),
         }
@@ -108,6 +140,8 @@ impl fmt::Display for ConfigError {
 struct RawFilterConfig {
     #[serde(default)]
     xff_mode: XffMode,
+    #[serde(default)]
+    forwarded_mode: ForwardedMode,
     client_ip_header: Option<String>,
     #[serde(default)]
     trusted_proxies: Vec<String>,
@@ -165,6 +199,7 @@ impl FilterConfig {
         }
         Ok(FilterConfig {
             xff_mode: raw.xff_mode,
+            forwarded_mode: raw.forwarded_mode,
             client_ip_header,
             trust: TrustPolicy {
                 trusted_proxies,
@@ -295,12 +330,13 @@ mod tests {
     #[test]
     fn reads_every_field() {
         let config = FilterConfig::from_json(
-            br#"{"xff_mode":"overwrite","client_ip_header":"X-Client-IP",
+            br#"{"xff_mode":"overwrite","forwarded_mode":"overwrite","client_ip_header":"X-Client-IP",
                  "trusted_proxies":["10.0.0.0/8","192.168.1.7","2001:db8::/32","::ffff:172.16.0.0/108","10.1.2.3/8"],
                  "trusted_hops":0}"#,
         )
         .unwrap();
         assert_eq!(config.xff_mode, XffMode::Overwrite);
+        assert_eq!(config.forwarded_mode, ForwardedMode::Overwrite);
         assert_eq!(config.client_ip_header.as_deref(), Some("x-client-ip"));
         let nets: Vec<String> = config
             .trust
@@ -331,6 +367,7 @@ mod tests {
         let cases = [
             (r#"{"xff_mode":"bogus"}"#, "xff_mode", "bogus"),
             (r#"{"xff_mode":3}"#, "xff_mode", "integer `3`"),
+            (r#"{"forwarded_mode":"append"}"#, "forwarded_mode", "append"),
             (r#"{"trusted_hops":-1}"#, "trusted_hops", "-1"),
             (r#"{"trusted_hops":"2"}"#, "trusted_hops", "\"2\""),
             (r#"{"trusted_hops":33}"#, "trusted_hops", "33"),

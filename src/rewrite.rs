@@ -3,7 +3,7 @@
 use std::net::IpAddr;
 
 use crate::address::{parse_forwarded_entry, IpText};
-use crate::config::XffMode;
+use crate::config::{ForwardedMode, XffMode};
 
 /// A change to one request header.
 #[derive(Debug, PartialEq, Eq)]
@@ -70,6 +70,40 @@ pub fn forwarded_for_edit<'a>(
             }
             None => HeaderEdit::Remove,
         },
+    }
+}
+
+/// The `Forwarded` header that leaves the filter, built in `scratch`.
+///
+/// - `overwrite`: `for=` the resolved client alone (RFC 7239; an IPv6 address
+///   is bracketed and quoted: `for="[2001:db8::1]"`); removed if there is no
+///   client.
+/// - `remove`: removed.
+/// - `preserve`: kept as received.
+pub fn forwarded_edit(
+    mode: ForwardedMode,
+    client: Option<IpAddr>,
+    scratch: &mut Vec<u8>,
+) -> HeaderEdit<'_> {
+    scratch.clear();
+    match (mode, client) {
+        (ForwardedMode::Preserve, _) => HeaderEdit::Keep,
+        (ForwardedMode::Remove, _) | (ForwardedMode::Overwrite, None) => HeaderEdit::Remove,
+        (ForwardedMode::Overwrite, Some(client)) => {
+            let text = IpText::new(client);
+            match client {
+                IpAddr::V4(_) => {
+                    scratch.extend_from_slice(b"for=");
+                    scratch.extend_from_slice(text.as_bytes());
+                }
+                IpAddr::V6(_) => {
+                    scratch.extend_from_slice(b"for=\"[");
+                    scratch.extend_from_slice(text.as_bytes());
+                    scratch.extend_from_slice(b"]\"");
+                }
+            }
+            HeaderEdit::Set(scratch)
+        }
     }
 }
 
@@ -184,5 +218,30 @@ mod tests {
             &mut scratch,
         );
         assert_eq!(edit, HeaderEdit::Keep);
+    }
+
+    #[test]
+    fn forwarded_names_the_client_per_rfc_7239() {
+        let mut scratch = Vec::new();
+        assert_eq!(
+            forwarded_edit(ForwardedMode::Overwrite, ip("203.0.113.7"), &mut scratch),
+            HeaderEdit::Set(b"for=203.0.113.7")
+        );
+        assert_eq!(
+            forwarded_edit(ForwardedMode::Overwrite, ip("2001:db8::1"), &mut scratch),
+            HeaderEdit::Set(b"for=\"[2001:db8::1]\"")
+        );
+        assert_eq!(
+            forwarded_edit(ForwardedMode::Overwrite, None, &mut scratch),
+            HeaderEdit::Remove
+        );
+        assert_eq!(
+            forwarded_edit(ForwardedMode::Remove, ip("203.0.113.7"), &mut scratch),
+            HeaderEdit::Remove
+        );
+        assert_eq!(
+            forwarded_edit(ForwardedMode::Preserve, ip("203.0.113.7"), &mut scratch),
+            HeaderEdit::Keep
+        );
     }
 }

@@ -10,9 +10,9 @@ use wasm_bindgen_test::wasm_bindgen_test as test;
 
 use std::net::IpAddr;
 
-use client_ip::config::{FilterConfig, TrustPolicy, XffMode, MAX_FORWARDED_ENTRIES};
+use client_ip::config::{FilterConfig, ForwardedMode, TrustPolicy, XffMode, MAX_FORWARDED_ENTRIES};
 use client_ip::resolve::{resolve_client, ClientOrigin, Resolution};
-use client_ip::rewrite::{forwarded_for_edit, HeaderEdit};
+use client_ip::rewrite::{forwarded_edit, forwarded_for_edit, HeaderEdit};
 
 struct Case {
     name: &'static str,
@@ -343,6 +343,14 @@ fn rewrites_per_mode() {
     assert_eq!(
         forwarded_for_edit(XffMode::Preserve, received, false, peer, peer, &mut scratch),
         HeaderEdit::Keep
+    );
+    assert_eq!(
+        forwarded_edit(ForwardedMode::Overwrite, peer, &mut scratch),
+        HeaderEdit::Set(b"for=127.0.0.5")
+    );
+    assert_eq!(
+        forwarded_edit(ForwardedMode::Overwrite, Some(ip("::1")), &mut scratch),
+        HeaderEdit::Set(b"for=\"[::1]\"")
     );
 }
 

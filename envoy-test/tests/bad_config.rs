@@ -42,6 +42,12 @@ fn each_kind_of_bad_plugin_json_is_refused_with_field_and_value() {
             "\"bogus\"",
         ),
         (
+            "bad Forwarded mode",
+            r#"{"forwarded_mode":"append"}"#,
+            "field `forwarded_mode`",
+            "\"append\"",
+        ),
+        (
             "bad CIDR",
             r#"{"trusted_proxies":["10.0.0.0/8","10.0.0/8"]}"#,
             "field `trusted_proxies[1]`",

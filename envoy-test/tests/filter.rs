@@ -184,6 +184,46 @@ fn forwarded_for_modes() {
 }
 
 #[test]
+fn forwarded_header_modes() {
+    let envoy = Envoy::start(&[
+        Listener::sidecar("preserve", "{}"),
+        Listener::sidecar(
+            "overwrite",
+            r#"{"forwarded_mode":"overwrite","trusted_proxies":["127.0.0.10"]}"#,
+        ),
+        Listener::sidecar("remove", r#"{"forwarded_mode":"remove"}"#),
+        Listener::sidecar("overwrite6", r#"{"forwarded_mode":"overwrite"}"#).on("::1"),
+    ]);
+    let forged = |listener: &str, peer: &str| {
+        Request::get("/ip")
+            .from(peer)
+            .header("forwarded", "for=6.6.6.6;proto=https")
+            .header("x-forwarded-for", "203.0.113.7")
+            .send(envoy.listener(listener))
+            .received()
+    };
+    assert_eq!(
+        forged("preserve", "127.0.0.33").one("forwarded"),
+        "for=6.6.6.6;proto=https"
+    );
+    assert_eq!(
+        forged("overwrite", "127.0.0.33").one("forwarded"),
+        "for=127.0.0.33"
+    );
+    assert_eq!(
+        forged("overwrite", "127.0.0.10").one("forwarded"),
+        "for=203.0.113.7"
+    );
+    let ipv6 = Request::get("/ip")
+        .from("::1")
+        .header("forwarded", "for=6.6.6.6")
+        .send(envoy.listener("overwrite6"))
+        .received();
+    assert_eq!(ipv6.one("forwarded"), "for=\"[::1]\"");
+    assert!(forged("remove", "127.0.0.34").all("forwarded").is_empty());
+}
+
+#[test]
 fn client_ip_header_is_configurable_or_off() {
     let envoy = Envoy::start(&[
         Listener::sidecar("custom", r#"{"client_ip_header":"X-Client-IP"}"#),

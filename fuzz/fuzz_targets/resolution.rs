@@ -4,9 +4,9 @@
 #![no_main]
 
 use client_ip::address::{parse_forwarded_entry, IpText};
-use client_ip::config::{FilterConfig, XffMode};
+use client_ip::config::{FilterConfig, ForwardedMode, XffMode};
 use client_ip::resolve::resolve_client;
-use client_ip::rewrite::{forwarded_for_edit, strip_envoy_append, HeaderEdit};
+use client_ip::rewrite::{forwarded_edit, forwarded_for_edit, strip_envoy_append, HeaderEdit};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|input: (&[u8], &[u8], &[u8])| {
@@ -34,5 +34,14 @@ fuzz_target!(|input: (&[u8], &[u8], &[u8])| {
         if let (XffMode::Overwrite, HeaderEdit::Set(value)) = (mode, edit) {
             assert_eq!(parse_forwarded_entry(value), resolution.client);
         }
+    }
+    // Forwarded names exactly the client, in RFC 7239's form, or nobody.
+    match forwarded_edit(ForwardedMode::Overwrite, resolution.client, &mut scratch) {
+        HeaderEdit::Set(value) => {
+            let node = value.strip_prefix(b"for=").expect("for= parameter");
+            let node = node.strip_prefix(b"\"").and_then(|n| n.strip_suffix(b"\"")).unwrap_or(node);
+            assert_eq!(parse_forwarded_entry(node), resolution.client);
+        }
+        edit => assert!(resolution.client.is_none() && edit == HeaderEdit::Remove),
     }
 });

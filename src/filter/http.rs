@@ -12,9 +12,10 @@ use super::host::{self, path};
 use crate::address::{parse_forwarded_entry, parse_socket_peer, IpText};
 use crate::config::FilterConfig;
 use crate::resolve::{resolve_client, ClientOrigin};
-use crate::rewrite::{forwarded_for_edit, strip_envoy_append, HeaderEdit};
+use crate::rewrite::{forwarded_edit, forwarded_for_edit, strip_envoy_append, HeaderEdit};
 
 const X_FORWARDED_FOR: &str = "x-forwarded-for";
+const FORWARDED: &str = "forwarded";
 
 /// What every stream of one configured root shares.
 pub struct HttpShared {
@@ -101,29 +102,38 @@ impl HttpShared {
         peer: Option<IpAddr>,
         client: Option<IpAddr>,
     ) {
+        self.with_scratch(|scratch| {
+            let edit = forwarded_for_edit(
+                self.config.xff_mode,
+                received,
+                envoy_appended,
+                peer,
+                client,
+                scratch,
+            );
+            apply(X_FORWARDED_FOR, edit);
+            let edit = forwarded_edit(self.config.forwarded_mode, client, scratch);
+            apply(FORWARDED, edit);
+        });
+    }
+
+    fn with_scratch(&self, write: impl FnOnce(&mut Vec<u8>)) {
         // A stream never re-enters while another runs; should the borrow
         // ever fail, a fresh buffer does the job.
-        let mut spare = Vec::new();
-        let mut borrowed = self.scratch.try_borrow_mut();
-        let scratch = match borrowed.as_deref_mut() {
-            Ok(scratch) => scratch,
-            Err(_) => &mut spare,
-        };
-        let edit = forwarded_for_edit(
-            self.config.xff_mode,
-            received,
-            envoy_appended,
-            peer,
-            client,
-            scratch,
-        );
-        let result = match edit {
-            HeaderEdit::Keep => return,
-            HeaderEdit::Set(value) => host::set_request_header(X_FORWARDED_FOR, value),
-            HeaderEdit::Remove => host::remove_request_header(X_FORWARDED_FOR),
-        };
-        logged(X_FORWARDED_FOR, result);
+        match self.scratch.try_borrow_mut() {
+            Ok(mut scratch) => write(&mut scratch),
+            Err(_) => write(&mut Vec::new()),
+        }
     }
+}
+
+fn apply(header: &str, edit: HeaderEdit) {
+    let result = match edit {
+        HeaderEdit::Keep => return,
+        HeaderEdit::Set(value) => host::set_request_header(header, value),
+        HeaderEdit::Remove => host::remove_request_header(header),
+    };
+    logged(header, result);
 }
 
 /// The true downstream peer: the network filter's record when it runs, else
