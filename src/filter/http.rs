@@ -65,7 +65,7 @@ impl HttpShared {
         if let Some(header) = &self.config.client_ip_header {
             self.write_client_header(header, client.as_ref());
         }
-        self.write_forwarded_for(
+        self.write_forwarding_headers(
             received_xff,
             envoy_appended_to.is_some(),
             peer,
@@ -88,14 +88,11 @@ impl HttpShared {
                 bump(&self.tally.forged_header_replaced, 1);
             }
         }
-        let result = match wanted {
-            Some(value) => host::set_request_header(header, value),
-            None => host::remove_request_header(header),
-        };
-        logged(header, result);
+        apply(header, wanted.map_or(HeaderEdit::Remove, HeaderEdit::Set));
     }
 
-    fn write_forwarded_for(
+    /// X-Forwarded-For and Forwarded, as their modes say.
+    fn write_forwarding_headers(
         &self,
         received: Option<&[u8]>,
         envoy_appended: bool,
