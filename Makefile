@@ -26,7 +26,7 @@ KEEP_EXPORTS := memory _initialize proxy_abi_version_0_2_1 proxy_on_memory_alloc
 	proxy_on_new_connection proxy_on_request_headers proxy_on_delete
 
 RUST_SOURCES := Cargo.toml Cargo.lock $(shell find src -name '*.rs')
-APT_PACKAGES := binaryen buildah curl docker-registry openssl wrk
+APT_PACKAGES := binaryen buildah curl docker-registry openssl wabt wrk
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
 .PHONY: build image push bench fuzz soak run certs test test-fuzz test-unit test-wasm test-envoy test-manifests lint deps deps-apt deps-venv clean

@@ -29,6 +29,9 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 ENVOY = os.environ.get("ENVOY_BIN", str(REPO / ".venv/bin/envoy"))
 MODULE = pathlib.Path(os.environ.get("PLUGIN_WASM", REPO / "build/plugin.wasm"))
 RAW_MODULE = REPO / "target/wasm32-wasip1/release/client_ip.wasm"
+EMPTY_FILTER_WAT = REPO / "envoy-test/empty-filter.wat"
+# Built from EMPTY_FILTER_WAT into the run's scratch directory by main().
+EMPTY_MODULE = None
 
 # The same job in Lua: the socket's peer into X-Real-IP, appended to XFF.
 LUA_SAME_JOB = """
@@ -46,6 +49,8 @@ CHAINS = [
     ("none", "no filter (use_remote_address: false)"),
     ("native", "Envoy-native use_remote_address: true"),
     ("lua", "Envoy Lua filter doing the same job"),
+    ("empty_wasm", "empty Wasm HTTP filter (envoy-test/empty-filter.wat)"),
+    ("empty_wasm_property", "empty Wasm HTTP filter reading one property"),
     ("module", "client-ip, both roots (documented deployment)"),
     ("http_root", "client-ip, HTTP root alone"),
     ("http_root_quiet", "client-ip, HTTP root alone, writing no header"),
@@ -62,12 +67,12 @@ def free_port():
         return s.getsockname()[1]
 
 
-def wasm_config(root_id, plugin_json=None):
+def wasm_config(root_id, plugin_json=None, module=MODULE, vm_id="client_ip"):
     config = {
         "name": root_id,
         "root_id": root_id,
-        "vm_config": {"vm_id": "client_ip", "runtime": "envoy.wasm.runtime.v8",
-                      "code": {"local": {"filename": str(MODULE)}}},
+        "vm_config": {"vm_id": vm_id, "runtime": "envoy.wasm.runtime.v8",
+                      "code": {"local": {"filename": str(module)}}},
         "failure_policy": "FAIL_CLOSED",
     }
     if plugin_json is not None:
@@ -90,6 +95,14 @@ def chain_listener(chain, port):
         network_filters.append({"name": "envoy.filters.network.wasm", "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.network.wasm.v3.Wasm",
             "config": wasm_config("client_ip_peer")}})
+    if chain in ("empty_wasm", "empty_wasm_property"):
+        # The same three VM entries per stream as the HTTP root, with nothing
+        # inside them (what Envoy charges for any Wasm HTTP filter), or with
+        # one property read (what the peer lookup costs).
+        plugin_json = "read" if chain == "empty_wasm_property" else None
+        http_filters.append({"name": "envoy.filters.http.wasm", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": wasm_config(chain, plugin_json, module=EMPTY_MODULE, vm_id="empty")}})
     if chain == "lua":
         http_filters.append({"name": "envoy.filters.http.lua", "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
@@ -198,6 +211,9 @@ def main():
     args = parser.parse_args()
 
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="client-ip-bench-"))
+    global EMPTY_MODULE
+    EMPTY_MODULE = workdir / "empty-filter.wasm"
+    subprocess.run(["wat2wasm", str(EMPTY_FILTER_WAT), "-o", str(EMPTY_MODULE)], check=True)
     upstream_port, upstream_admin, admin = free_port(), free_port(), free_port()
     ports = {chain: free_port() for chain, _ in CHAINS}
     upstream = start_envoy({
