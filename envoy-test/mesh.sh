@@ -101,5 +101,8 @@ MSG
 set +e
 wait -n
 status=$?
+# On Ctrl-C Envoy and gunicorn get the signal too and may exit (with status
+# 0) before this script runs its trap: that is a normal stop.
+if [ $status -eq 0 ]; then exit 0; fi
 echo "mesh: a process exited (status $status); stopping" >&2
 exit 1
