@@ -418,6 +418,22 @@ impl Envoy {
         fs::read_to_string(self.dir.join("envoy.log")).unwrap_or_default()
     }
 
+    /// Fails if Envoy's log shows the module panicking or its VM failing.
+    pub fn assert_no_vm_crash(&self) {
+        let log = self.log();
+        for marker in [
+            "panicked",
+            "invalid context_id",
+            "Wasm VM failed",
+            "unreachable",
+        ] {
+            assert!(
+                !log.contains(marker),
+                "Envoy log mentions {marker:?}:\n{log}"
+            );
+        }
+    }
+
     pub fn access_log(&self, listener: &str) -> Vec<Value> {
         fs::read_to_string(self.dir.join(format!("{listener}.access.log")))
             .unwrap_or_default()
