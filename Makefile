@@ -136,6 +136,7 @@ endif
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS := forwarded_entry plugin_config resolution
 fuzz:
+	@rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
 	@cargo +nightly fuzz --version >/dev/null 2>&1 || cargo +nightly install --quiet cargo-fuzz
 	@set -o pipefail; for target in $(FUZZ_TARGETS); do \
 	  mkdir -p build/fuzz/corpus/$$target build/fuzz/artifacts/$$target; \
