@@ -93,6 +93,7 @@ const IP_TEXT_CAPACITY: usize = 45;
 /// property costs no allocation.
 #[derive(Clone, Copy)]
 pub struct IpText {
+    ip: IpAddr,
     buf: [u8; IP_TEXT_CAPACITY],
     len: usize,
 }
@@ -100,6 +101,7 @@ pub struct IpText {
 impl IpText {
     pub fn new(ip: IpAddr) -> Self {
         let mut text = IpText {
+            ip,
             buf: [0; IP_TEXT_CAPACITY],
             len: 0,
         };
@@ -109,6 +111,11 @@ impl IpText {
             text.len = 0;
         }
         text
+    }
+
+    /// The address written out.
+    pub fn ip(&self) -> IpAddr {
+        self.ip
     }
 
     pub fn as_bytes(&self) -> &[u8] {

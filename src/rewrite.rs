@@ -39,12 +39,15 @@ pub fn strip_envoy_append(forwarded_for: &[u8], peer: IpAddr) -> Option<&[u8]> {
 ///   has appended the peer already, or when the peer is unknown.
 /// - `overwrite`: the resolved client alone; removed if there is no client.
 /// - `preserve`: kept as received.
+///
+/// The client comes already written out: the filter writes the same text to
+/// several places.
 pub fn forwarded_for_edit<'a>(
     mode: XffMode,
     received: Option<&[u8]>,
     envoy_appended: bool,
     peer: Option<IpAddr>,
-    client: Option<IpAddr>,
+    client: Option<&IpText>,
     scratch: &'a mut Vec<u8>,
 ) -> HeaderEdit<'a> {
     scratch.clear();
@@ -65,7 +68,7 @@ pub fn forwarded_for_edit<'a>(
         }
         XffMode::Overwrite => match client {
             Some(client) => {
-                scratch.extend_from_slice(IpText::new(client).as_bytes());
+                scratch.extend_from_slice(client.as_bytes());
                 HeaderEdit::Set(scratch)
             }
             None => HeaderEdit::Remove,
@@ -80,25 +83,24 @@ pub fn forwarded_for_edit<'a>(
 ///   client.
 /// - `remove`: removed.
 /// - `preserve`: kept as received.
-pub fn forwarded_edit(
+pub fn forwarded_edit<'a>(
     mode: ForwardedMode,
-    client: Option<IpAddr>,
-    scratch: &mut Vec<u8>,
-) -> HeaderEdit<'_> {
+    client: Option<&IpText>,
+    scratch: &'a mut Vec<u8>,
+) -> HeaderEdit<'a> {
     scratch.clear();
     match (mode, client) {
         (ForwardedMode::Preserve, _) => HeaderEdit::Keep,
         (ForwardedMode::Remove, _) | (ForwardedMode::Overwrite, None) => HeaderEdit::Remove,
         (ForwardedMode::Overwrite, Some(client)) => {
-            let text = IpText::new(client);
-            match client {
+            match client.ip() {
                 IpAddr::V4(_) => {
                     scratch.extend_from_slice(b"for=");
-                    scratch.extend_from_slice(text.as_bytes());
+                    scratch.extend_from_slice(client.as_bytes());
                 }
                 IpAddr::V6(_) => {
                     scratch.extend_from_slice(b"for=\"[");
-                    scratch.extend_from_slice(text.as_bytes());
+                    scratch.extend_from_slice(client.as_bytes());
                     scratch.extend_from_slice(b"]\"");
                 }
             }
@@ -115,6 +117,10 @@ mod tests {
         Some(s.parse().unwrap())
     }
 
+    fn text(s: &str) -> Option<IpText> {
+        ip(s).map(IpText::new)
+    }
+
     #[test]
     fn append_adds_the_peer_like_envoy() {
         let mut scratch = Vec::new();
@@ -123,7 +129,7 @@ mod tests {
             Some(b"1.1.1.1, 2.2.2.2 "),
             false,
             ip("127.0.0.5"),
-            ip("1.1.1.1"),
+            text("1.1.1.1").as_ref(),
             &mut scratch,
         );
         assert_eq!(edit, HeaderEdit::Set(b"1.1.1.1, 2.2.2.2,127.0.0.5"));
@@ -132,7 +138,7 @@ mod tests {
             None,
             false,
             ip("::1"),
-            ip("::1"),
+            text("::1").as_ref(),
             &mut scratch,
         );
         assert_eq!(edit, HeaderEdit::Set(b"::1"));
@@ -141,7 +147,7 @@ mod tests {
             Some(b"  "),
             false,
             ip("127.0.0.5"),
-            ip("127.0.0.5"),
+            text("127.0.0.5").as_ref(),
             &mut scratch,
         );
         assert_eq!(edit, HeaderEdit::Set(b"127.0.0.5"));
@@ -164,7 +170,7 @@ mod tests {
             Some(b"6.6.6.6"),
             false,
             ip("127.0.0.5"),
-            ip("127.0.0.5"),
+            text("127.0.0.5").as_ref(),
             &mut scratch,
         );
         assert_eq!(edit, HeaderEdit::Set(b"127.0.0.5"));
@@ -200,7 +206,7 @@ mod tests {
             Some(b"6.6.6.6"),
             true,
             ip("127.0.0.5"),
-            ip("127.0.0.5"),
+            text("127.0.0.5").as_ref(),
             &mut scratch,
         );
         assert_eq!(edit, HeaderEdit::Keep);
@@ -214,7 +220,7 @@ mod tests {
             Some(b"6.6.6.6"),
             false,
             ip("127.0.0.5"),
-            ip("127.0.0.5"),
+            text("127.0.0.5").as_ref(),
             &mut scratch,
         );
         assert_eq!(edit, HeaderEdit::Keep);
@@ -224,11 +230,19 @@ mod tests {
     fn forwarded_names_the_client_per_rfc_7239() {
         let mut scratch = Vec::new();
         assert_eq!(
-            forwarded_edit(ForwardedMode::Overwrite, ip("203.0.113.7"), &mut scratch),
+            forwarded_edit(
+                ForwardedMode::Overwrite,
+                text("203.0.113.7").as_ref(),
+                &mut scratch
+            ),
             HeaderEdit::Set(b"for=203.0.113.7")
         );
         assert_eq!(
-            forwarded_edit(ForwardedMode::Overwrite, ip("2001:db8::1"), &mut scratch),
+            forwarded_edit(
+                ForwardedMode::Overwrite,
+                text("2001:db8::1").as_ref(),
+                &mut scratch
+            ),
             HeaderEdit::Set(b"for=\"[2001:db8::1]\"")
         );
         assert_eq!(
@@ -236,11 +250,19 @@ mod tests {
             HeaderEdit::Remove
         );
         assert_eq!(
-            forwarded_edit(ForwardedMode::Remove, ip("203.0.113.7"), &mut scratch),
+            forwarded_edit(
+                ForwardedMode::Remove,
+                text("203.0.113.7").as_ref(),
+                &mut scratch
+            ),
             HeaderEdit::Remove
         );
         assert_eq!(
-            forwarded_edit(ForwardedMode::Preserve, ip("203.0.113.7"), &mut scratch),
+            forwarded_edit(
+                ForwardedMode::Preserve,
+                text("203.0.113.7").as_ref(),
+                &mut scratch
+            ),
             HeaderEdit::Keep
         );
     }

@@ -94,7 +94,7 @@ proptest! {
         peer in any::<[u8; 4]>().prop_map(IpAddr::from),
     ) {
         let mut scratch = Vec::new();
-        let edit = forwarded_for_edit(XffMode::Append, xff.as_deref(), false, Some(peer), Some(peer), &mut scratch);
+        let edit = forwarded_for_edit(XffMode::Append, xff.as_deref(), false, Some(peer), Some(&IpText::new(peer)), &mut scratch);
         let HeaderEdit::Set(value) = edit else { panic!("append with a known peer must set the header") };
         let last = value.rsplit(|&b| b == b',').next().unwrap();
         prop_assert_eq!(parse_forwarded_entry(last), Some(peer));

@@ -10,6 +10,7 @@ use wasm_bindgen_test::wasm_bindgen_test as test;
 
 use std::net::IpAddr;
 
+use client_ip::address::IpText;
 use client_ip::config::{FilterConfig, ForwardedMode, TrustPolicy, XffMode, MAX_FORWARDED_ENTRIES};
 use client_ip::resolve::{resolve_client, ClientOrigin, Resolution};
 use client_ip::rewrite::{forwarded_edit, forwarded_for_edit, HeaderEdit};
@@ -324,9 +325,11 @@ fn the_walk_is_capped() {
 fn rewrites_per_mode() {
     let received = Some(b"6.6.6.6".as_slice());
     let peer = Some(ip("127.0.0.5"));
+    let client_text = peer.map(IpText::new);
+    let client = client_text.as_ref();
     let mut scratch = Vec::new();
     assert_eq!(
-        forwarded_for_edit(XffMode::Append, received, false, peer, peer, &mut scratch),
+        forwarded_for_edit(XffMode::Append, received, false, peer, client, &mut scratch),
         HeaderEdit::Set(b"6.6.6.6,127.0.0.5")
     );
     assert_eq!(
@@ -335,21 +338,32 @@ fn rewrites_per_mode() {
             received,
             false,
             peer,
-            peer,
+            client,
             &mut scratch
         ),
         HeaderEdit::Set(b"127.0.0.5")
     );
     assert_eq!(
-        forwarded_for_edit(XffMode::Preserve, received, false, peer, peer, &mut scratch),
+        forwarded_for_edit(
+            XffMode::Preserve,
+            received,
+            false,
+            peer,
+            client,
+            &mut scratch
+        ),
         HeaderEdit::Keep
     );
     assert_eq!(
-        forwarded_edit(ForwardedMode::Overwrite, peer, &mut scratch),
+        forwarded_edit(ForwardedMode::Overwrite, client, &mut scratch),
         HeaderEdit::Set(b"for=127.0.0.5")
     );
     assert_eq!(
-        forwarded_edit(ForwardedMode::Overwrite, Some(ip("::1")), &mut scratch),
+        forwarded_edit(
+            ForwardedMode::Overwrite,
+            Some(&IpText::new(ip("::1"))),
+            &mut scratch
+        ),
         HeaderEdit::Set(b"for=\"[::1]\"")
     );
 }

@@ -28,15 +28,16 @@ fuzz_target!(|input: (&[u8], &[u8], &[u8])| {
             assert_eq!(resolution.client, Some(peer));
         }
     }
+    let client_text = resolution.client.map(IpText::new);
     let mut scratch = Vec::new();
     for mode in [XffMode::Append, XffMode::Overwrite, XffMode::Preserve] {
-        let edit = forwarded_for_edit(mode, received, stripped.is_some(), peer, resolution.client, &mut scratch);
+        let edit = forwarded_for_edit(mode, received, stripped.is_some(), peer, client_text.as_ref(), &mut scratch);
         if let (XffMode::Overwrite, HeaderEdit::Set(value)) = (mode, edit) {
             assert_eq!(parse_forwarded_entry(value), resolution.client);
         }
     }
     // Forwarded names exactly the client, in RFC 7239's form, or nobody.
-    match forwarded_edit(ForwardedMode::Overwrite, resolution.client, &mut scratch) {
+    match forwarded_edit(ForwardedMode::Overwrite, client_text.as_ref(), &mut scratch) {
         HeaderEdit::Set(value) => {
             let node = value.strip_prefix(b"for=").expect("for= parameter");
             let node = node.strip_prefix(b"\"").and_then(|n| n.strip_suffix(b"\"")).unwrap_or(node);

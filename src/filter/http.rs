@@ -69,7 +69,7 @@ impl HttpShared {
             received_xff,
             envoy_appended_to.is_some(),
             peer,
-            resolution.client,
+            client.as_ref(),
         );
         if let Some(client) = &client {
             logged(
@@ -97,7 +97,7 @@ impl HttpShared {
         received: Option<&[u8]>,
         envoy_appended: bool,
         peer: Option<IpAddr>,
-        client: Option<IpAddr>,
+        client: Option<&IpText>,
     ) {
         self.with_scratch(|scratch| {
             let edit = forwarded_for_edit(
