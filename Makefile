@@ -87,9 +87,13 @@ test-envoy: $(MODULE) deps-venv
 	ENVOY_BIN=$(abspath $(ENVOY)) PLUGIN_WASM=$(abspath $(MODULE)) \
 	  cargo test --locked -p envoy-test -- --test-threads 2
 
-# wasmplugin/ against Istio's CRD (from ../shared/istio/) and real Envoy.
+# wasmplugin/ against Istio's WasmPlugin CRD and real Envoy. The CRD is
+# Istio's (istio/api, kubernetes/customresourcedefinitions.gen.yaml), read
+# from beside the repository unless ISTIO_CRD names it.
+ISTIO_CRD ?= $(abspath ../shared/istio/wasmplugins.extensions.istio.io.yaml)
 test-manifests: $(MODULE) deps-venv
-	ENVOY_BIN=$(abspath $(ENVOY)) PLUGIN_WASM=$(abspath $(MODULE)) \
+	@[ -f "$(ISTIO_CRD)" ] || { echo "test-manifests: Istio's WasmPlugin CRD is not at $(ISTIO_CRD); set ISTIO_CRD=<path to wasmplugins.extensions.istio.io.yaml>" >&2; exit 1; }
+	ISTIO_CRD=$(abspath $(ISTIO_CRD)) ENVOY_BIN=$(abspath $(ENVOY)) PLUGIN_WASM=$(abspath $(MODULE)) \
 	  $(VENV)/bin/pytest -q -p no:cacheprovider envoy-test/test_manifests.py
 
 clean:
