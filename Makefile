@@ -133,12 +133,12 @@ endif
 	@echo "WasmPlugin: url: oci://$(IMAGE)  sha256: $$(cut -d: -f2 build/image.digest)"
 
 # ---------------------------------------------------------------- fuzz
-# cargo-fuzz (libFuzzer, nightly) on the address parser, the config parser
-# and whole resolution; FUZZ_SECONDS per target. New inputs go to
+# cargo-fuzz (libFuzzer, nightly) on the address parser, the config parser,
+# identity matching and whole resolution; FUZZ_SECONDS per target. New inputs go to
 # build/fuzz/; the seeds in fuzz/corpus/ are only read. A crash fails the
 # run and leaves its input in build/fuzz/artifacts/.
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := forwarded_entry plugin_config resolution
+FUZZ_TARGETS := forwarded_entry plugin_config resolution peer_identity
 fuzz:
 	@rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
 	@cargo +nightly fuzz --version >/dev/null 2>&1 || cargo +nightly install --quiet cargo-fuzz

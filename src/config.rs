@@ -9,6 +9,8 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde::Deserialize;
 
+use crate::identity::{IdentityPattern, TrustedIdentities, MAX_TRUSTED_IDENTITIES};
+
 /// The most X-Forwarded-For entries looked at per request, counted from the
 /// right. It caps the work of the trusted walk and bounds `trusted_hops`.
 pub const MAX_FORWARDED_ENTRIES: usize = 32;
@@ -83,6 +85,9 @@ pub struct TrustPolicy {
     pub trusted_proxies: Vec<IpNet>,
     /// Proxies in front of this one that are trusted whatever their address.
     pub trusted_hops: usize,
+    /// Peers whose forwarding headers are believed by their mTLS identity,
+    /// whatever their address.
+    pub trusted_identities: TrustedIdentities,
 }
 
 impl TrustPolicy {
@@ -147,6 +152,8 @@ struct RawFilterConfig {
     trusted_proxies: Vec<String>,
     #[serde(default)]
     trusted_hops: u32,
+    #[serde(default)]
+    trusted_identities: Vec<String>,
 }
 
 /// The network filter records the peer and takes no settings.
@@ -197,6 +204,15 @@ impl FilterConfig {
                 ),
             ));
         }
+        let trusted_identities = parse_trusted_identities(&raw.trusted_identities)?;
+        if trusted_hops > 0 && !trusted_identities.is_empty() {
+            return Err(ConfigError::new(
+                "trusted_hops",
+                format!(
+                    "{trusted_hops} cannot be combined with trusted_identities: hops trust proxies whatever they are, an identity vouches only for the peer that holds it; list the proxies further left in trusted_proxies"
+                ),
+            ));
+        }
         Ok(FilterConfig {
             xff_mode: raw.xff_mode,
             forwarded_mode: raw.forwarded_mode,
@@ -204,6 +220,7 @@ impl FilterConfig {
             trust: TrustPolicy {
                 trusted_proxies,
                 trusted_hops,
+                trusted_identities,
             },
         })
     }
@@ -250,6 +267,28 @@ fn snippet(bytes: &[u8]) -> String {
         shown.push('…');
     }
     format!("{shown:?}")
+}
+
+fn parse_trusted_identities(entries: &[String]) -> Result<TrustedIdentities, ConfigError> {
+    if entries.len() > MAX_TRUSTED_IDENTITIES {
+        return Err(ConfigError::new(
+            "trusted_identities",
+            format!(
+                "{} entries, at most {MAX_TRUSTED_IDENTITIES} are allowed",
+                entries.len()
+            ),
+        ));
+    }
+    entries
+        .iter()
+        .enumerate()
+        .map(|(index, entry)| {
+            IdentityPattern::parse(entry).map_err(|problem| {
+                ConfigError::new(format!("trusted_identities[{index}]"), problem)
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(TrustedIdentities::new)
 }
 
 /// An address is a one-address range. Ranges written with host bits set are
@@ -332,9 +371,13 @@ mod tests {
         let config = FilterConfig::from_json(
             br#"{"xff_mode":"overwrite","forwarded_mode":"overwrite","client_ip_header":"X-Client-IP",
                  "trusted_proxies":["10.0.0.0/8","192.168.1.7","2001:db8::/32","::ffff:172.16.0.0/108","10.1.2.3/8"],
-                 "trusted_hops":0}"#,
+                 "trusted_hops":0,"trusted_identities":["spiffe://cluster.local/ns/istio-system/sa/gw"]}"#,
         )
         .unwrap();
+        assert!(config
+            .trust
+            .trusted_identities
+            .trust(b"spiffe://cluster.local/ns/istio-system/sa/gw"));
         assert_eq!(config.xff_mode, XffMode::Overwrite);
         assert_eq!(config.forwarded_mode, ForwardedMode::Overwrite);
         assert_eq!(config.client_ip_header.as_deref(), Some("x-client-ip"));
@@ -392,6 +435,26 @@ mod tests {
                 "X-Forwarded-For",
             ),
             (r#"{"trusted_hop":1}"#, "trusted_hop", "unknown field"),
+            (
+                r#"{"trusted_identities":["cluster.local/ns/a/sa/b",""]}"#,
+                "trusted_identities[1]",
+                "\"\" is empty",
+            ),
+            (
+                r#"{"trusted_identities":["cluster.local/ns/*/sa/b"]}"#,
+                "trusted_identities[0]",
+                "cluster.local/ns/*/sa/b",
+            ),
+            (
+                r#"{"trusted_identities":"cluster.local/ns/a/sa/b"}"#,
+                "trusted_identities",
+                "cluster.local/ns/a/sa/b",
+            ),
+            (
+                r#"{"trusted_identities":["cluster.local/ns/a/sa/b"],"trusted_hops":1}"#,
+                "trusted_hops",
+                "1 cannot be combined with trusted_identities",
+            ),
             ("xff_mode=append", ".", "xff_mode=append"),
             (r#"{"xff_mode":"append"} trailing"#, ".", "trailing"),
             (r#"{"xff_mode":"append""#, ".", "xff_mode"),
@@ -418,6 +481,25 @@ mod tests {
             .collect();
         let error = refused(&format!("{{\"trusted_proxies\":[{}]}}", list.join(",")));
         assert_eq!(error.field, "trusted_proxies");
+    }
+
+    #[test]
+    fn too_many_trusted_identities_are_refused() {
+        let list: Vec<String> = (0..=MAX_TRUSTED_IDENTITIES)
+            .map(|i| format!("\"cluster.local/ns/default/sa/gw{i}\""))
+            .collect();
+        let error = refused(&format!("{{\"trusted_identities\":[{}]}}", list.join(",")));
+        assert_eq!(error.field, "trusted_identities");
+        assert!(error.problem.contains("65 entries"), "{error}");
+        let at_cap = format!(
+            "{{\"trusted_identities\":[{}]}}",
+            list.get(1..).unwrap().join(",")
+        );
+        let config = FilterConfig::from_json(at_cap.as_bytes()).unwrap();
+        assert_eq!(
+            config.trust.trusted_identities.len(),
+            MAX_TRUSTED_IDENTITIES
+        );
     }
 
     #[test]

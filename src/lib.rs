@@ -3,8 +3,9 @@
 //!
 //! The crate has two halves:
 //! - host-independent logic, with no proxy-wasm types: [`address`] (parsing
-//!   and normalising addresses), [`config`] (the plugin JSON), [`resolve`]
-//!   (who the client is) and [`rewrite`] (what the request carries on);
+//!   and normalising addresses), [`config`] (the plugin JSON), [`identity`]
+//!   (matching the peer's mTLS identity), [`resolve`] (who the client is) and
+//!   [`rewrite`] (what the request carries on);
 //! - `filter`, the thin glue that adapts that logic to the proxy-wasm SDK
 //!   (built with the default `filter` feature).
 
@@ -24,6 +25,7 @@
 
 pub mod address;
 pub mod config;
+pub mod identity;
 pub mod resolve;
 pub mod rewrite;
 

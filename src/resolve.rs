@@ -1,14 +1,16 @@
-//! Who the client really is, from the downstream peer and the
-//! X-Forwarded-For the request arrived with.
+//! Who the client really is, from the downstream peer (its address and, on
+//! mutual TLS, its identity) and the X-Forwarded-For the request arrived with.
 //!
 //! The rules, in order:
 //! 1. `trusted_hops` = N > 0: the client is the Nth entry from the right of
 //!    X-Forwarded-For; if that entry is missing or invalid, it is the peer.
-//! 2. Else, if the peer is a trusted proxy: walk X-Forwarded-For from the
-//!    right, skipping trusted addresses; the first untrusted valid address is
-//!    the client. An invalid entry ends the walk and the client is the nearest
-//!    address already verified. If every entry is trusted, the client is the
-//!    leftmost one.
+//! 2. Else, if the peer is a trusted proxy, by its address (`trusted_proxies`)
+//!    or by its identity (`trusted_identities`): walk X-Forwarded-For from the
+//!    right, skipping addresses in `trusted_proxies`; the first other valid
+//!    address is the client. An invalid entry ends the walk and the client is
+//!    the nearest address already verified. If every entry is trusted, the
+//!    client is the leftmost one. An identity speaks only for the peer that
+//!    holds it, so entries further left are judged by address alone.
 //! 3. Else the client is the peer: nothing the client sent is believed.
 //!
 //! At most [`MAX_FORWARDED_ENTRIES`] entries are looked at, counted from the
@@ -41,6 +43,8 @@ pub struct Resolution {
     pub origin: ClientOrigin,
     /// Invalid X-Forwarded-For entries met on the way.
     pub invalid_entries: u32,
+    /// The peer was trusted by its identity (its address was not trusted).
+    pub peer_trusted_by_identity: bool,
 }
 
 impl Resolution {
@@ -52,6 +56,7 @@ impl Resolution {
                 None => ClientOrigin::Unknown,
             },
             invalid_entries,
+            peer_trusted_by_identity: false,
         }
     }
 }
@@ -66,20 +71,32 @@ fn entries_from_right(forwarded_for: &[u8]) -> impl Iterator<Item = &[u8]> {
 }
 
 /// Resolves the client. `peer` is the true downstream peer, already
-/// normalised, or `None` when it cannot be known.
-pub fn resolve_client(
+/// normalised, or `None` when it cannot be known. `peer_identity` reads the
+/// URI SAN of the peer's certificate (`None` without one); it is called at
+/// most once, and only when `trusted_identities` is set and the peer's
+/// address has not already decided, so it costs nothing otherwise.
+pub fn resolve_client<Identity: AsRef<[u8]>>(
     policy: &TrustPolicy,
     peer: Option<IpAddr>,
+    peer_identity: impl FnOnce() -> Option<Identity>,
     forwarded_for: Option<&[u8]>,
 ) -> Resolution {
     let forwarded_for = forwarded_for.unwrap_or_default();
     if policy.trusted_hops > 0 {
         return by_trusted_hops(policy.trusted_hops, peer, forwarded_for);
     }
-    match peer {
-        Some(peer) if policy.is_trusted(peer) => by_trusted_walk(policy, peer, forwarded_for),
-        _ => Resolution::from_peer(peer, 0),
+    if peer.is_some_and(|peer| policy.is_trusted(peer)) {
+        return by_trusted_walk(policy, peer, forwarded_for);
     }
+    let trusted_by_identity = !policy.trusted_identities.is_empty()
+        && peer_identity().is_some_and(|san| policy.trusted_identities.trust(san.as_ref()));
+    if trusted_by_identity {
+        return Resolution {
+            peer_trusted_by_identity: true,
+            ..by_trusted_walk(policy, peer, forwarded_for)
+        };
+    }
+    Resolution::from_peer(peer, 0)
 }
 
 fn by_trusted_hops(hops: usize, peer: Option<IpAddr>, forwarded_for: &[u8]) -> Resolution {
@@ -91,13 +108,16 @@ fn by_trusted_hops(hops: usize, peer: Option<IpAddr>, forwarded_for: &[u8]) -> R
             client: Some(client),
             origin: ClientOrigin::TrustedHops,
             invalid_entries: 0,
+            peer_trusted_by_identity: false,
         },
         None => Resolution::from_peer(peer, 1),
     }
 }
 
-fn by_trusted_walk(policy: &TrustPolicy, peer: IpAddr, forwarded_for: &[u8]) -> Resolution {
-    let mut verified = Resolution::from_peer(Some(peer), 0);
+/// The walk from a trusted peer. The peer's address may be unknown when it is
+/// trusted by identity; then only what it forwarded can name a client.
+fn by_trusted_walk(policy: &TrustPolicy, peer: Option<IpAddr>, forwarded_for: &[u8]) -> Resolution {
+    let mut verified = Resolution::from_peer(peer, 0);
     for entry in entries_from_right(forwarded_for) {
         let Some(address) = parse_forwarded_entry(entry) else {
             verified.invalid_entries = 1;
@@ -107,6 +127,7 @@ fn by_trusted_walk(policy: &TrustPolicy, peer: IpAddr, forwarded_for: &[u8]) -> 
             client: Some(address),
             origin: ClientOrigin::TrustedProxies,
             invalid_entries: 0,
+            peer_trusted_by_identity: false,
         };
         if !policy.is_trusted(address) {
             return verified;
@@ -118,11 +139,16 @@ fn by_trusted_walk(policy: &TrustPolicy, peer: IpAddr, forwarded_for: &[u8]) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::identity::{IdentityPattern, TrustedIdentities};
+
+    fn no_identity() -> Option<&'static [u8]> {
+        None
+    }
 
     fn trusting(nets: &[&str]) -> TrustPolicy {
         TrustPolicy {
             trusted_proxies: nets.iter().map(|n| n.parse().unwrap()).collect(),
-            trusted_hops: 0,
+            ..TrustPolicy::default()
         }
     }
 
@@ -135,7 +161,7 @@ mod tests {
         for _ in 0..MAX_FORWARDED_ENTRIES {
             xff.push_str(", 10.9.9.9");
         }
-        let resolution = resolve_client(&policy, peer, Some(xff.as_bytes()));
+        let resolution = resolve_client(&policy, peer, no_identity, Some(xff.as_bytes()));
         assert_eq!(resolution.client, Some("10.9.9.9".parse().unwrap()));
         assert_eq!(resolution.origin, ClientOrigin::TrustedProxies);
     }
@@ -143,11 +169,68 @@ mod tests {
     #[test]
     fn hops_beyond_the_entries_fall_back_to_the_peer() {
         let policy = TrustPolicy {
-            trusted_proxies: vec![],
             trusted_hops: 3,
+            ..TrustPolicy::default()
         };
         let peer = Some("127.0.0.9".parse().unwrap());
-        let resolution = resolve_client(&policy, peer, Some(b"1.1.1.1, 2.2.2.2"));
+        let resolution = resolve_client(&policy, peer, no_identity, Some(b"1.1.1.1, 2.2.2.2"));
         assert_eq!(resolution, Resolution::from_peer(peer, 0));
+    }
+
+    fn identity_policy(nets: &[&str]) -> TrustPolicy {
+        let identities = ["cluster.local/ns/istio-system/sa/gateway"]
+            .iter()
+            .map(|e| IdentityPattern::parse(e).unwrap())
+            .collect();
+        TrustPolicy {
+            trusted_identities: TrustedIdentities::new(identities),
+            ..trusting(nets)
+        }
+    }
+
+    const GATEWAY_SAN: &[u8] = b"spiffe://cluster.local/ns/istio-system/sa/gateway";
+
+    #[test]
+    fn the_identity_is_read_only_when_the_address_does_not_decide() {
+        let reads = std::cell::Cell::new(0);
+        let read = || {
+            reads.set(reads.get() + 1);
+            Some(GATEWAY_SAN)
+        };
+        let peer = Some("10.0.0.1".parse().unwrap());
+        // No trusted_identities: never read.
+        resolve_client(&trusting(&[]), peer, read, Some(b"1.1.1.1"));
+        assert_eq!(reads.get(), 0);
+        // Trusted by address: never read.
+        let by_address = resolve_client(
+            &identity_policy(&["10.0.0.0/8"]),
+            peer,
+            read,
+            Some(b"1.1.1.1"),
+        );
+        assert_eq!(reads.get(), 0);
+        assert!(!by_address.peer_trusted_by_identity);
+        // Otherwise read once.
+        let by_identity = resolve_client(&identity_policy(&[]), peer, read, Some(b"1.1.1.1"));
+        assert_eq!(reads.get(), 1);
+        assert!(by_identity.peer_trusted_by_identity);
+        assert_eq!(by_identity.client, Some("1.1.1.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_trusted_identity_with_an_unknown_address_still_names_the_client() {
+        let policy = identity_policy(&[]);
+        let named = resolve_client(
+            &policy,
+            None,
+            || Some(GATEWAY_SAN),
+            Some(b"6.6.6.6, 1.1.1.1"),
+        );
+        assert_eq!(named.client, Some("1.1.1.1".parse().unwrap()));
+        assert_eq!(named.origin, ClientOrigin::TrustedProxies);
+        let junk = resolve_client(&policy, None, || Some(GATEWAY_SAN), Some(b"junk"));
+        assert_eq!(junk.client, None);
+        assert_eq!(junk.origin, ClientOrigin::Unknown);
+        assert_eq!(junk.invalid_entries, 1);
     }
 }

@@ -6,16 +6,41 @@ use std::net::IpAddr;
 
 use client_ip::address::{parse_forwarded_entry, parse_host_port, parse_socket_peer, IpText};
 use client_ip::config::{FilterConfig, TrustPolicy, XffMode};
+use client_ip::identity::{IdentityPattern, TrustedIdentities};
 use client_ip::resolve::{resolve_client, ClientOrigin};
 use client_ip::rewrite::{forwarded_for_edit, HeaderEdit};
 use proptest::prelude::*;
+
+const IDENTITY_ENTRIES: &[&str] = &[
+    "cluster.local/ns/istio-system/sa/gateway",
+    "spiffe://cluster.local/ns/istio-system/*",
+    "*/sa/sleep",
+];
+
+/// Certificate URI SANs: mesh identities near and far from the entries, and junk.
+fn any_peer_identity() -> impl Strategy<Value = Option<Vec<u8>>> {
+    prop::option::of(prop_oneof![
+        Just(b"spiffe://cluster.local/ns/istio-system/sa/gateway".to_vec()),
+        Just(b"spiffe://cluster.local/ns/default/sa/sleep".to_vec()),
+        Just(b"spiffe://cluster.local/ns/default/sa/rogue".to_vec()),
+        Just(b"cluster.local/ns/istio-system/sa/gateway".to_vec()),
+        Just(b"spiffe://".to_vec()),
+        prop::collection::vec(any::<u8>(), 0..48),
+        prop::collection::vec(any::<u8>(), 0..32).prop_map(|tail| [
+            &b"spiffe://cluster.local/ns/"[..],
+            &tail
+        ]
+        .concat()),
+    ])
+}
 
 fn any_policy() -> impl Strategy<Value = TrustPolicy> {
     (
         prop::collection::vec((any::<[u8; 4]>(), 0u8..=32), 0..4),
         0usize..=4,
+        prop::sample::subsequence(IDENTITY_ENTRIES, 0..=IDENTITY_ENTRIES.len()),
     )
-        .prop_map(|(nets, trusted_hops)| TrustPolicy {
+        .prop_map(|(nets, trusted_hops, identities)| TrustPolicy {
             trusted_proxies: nets
                 .into_iter()
                 .map(|(octets, prefix)| {
@@ -25,7 +50,18 @@ fn any_policy() -> impl Strategy<Value = TrustPolicy> {
                         .into()
                 })
                 .collect(),
-            trusted_hops,
+            // The configuration refuses hops beside identities.
+            trusted_hops: if identities.is_empty() {
+                trusted_hops
+            } else {
+                0
+            },
+            trusted_identities: TrustedIdentities::new(
+                identities
+                    .iter()
+                    .map(|e| IdentityPattern::parse(e).unwrap())
+                    .collect(),
+            ),
         })
 }
 
@@ -64,9 +100,13 @@ proptest! {
     fn resolution_is_total_and_sound(
         policy in any_policy(),
         peer in prop::option::of(any::<[u8; 4]>().prop_map(IpAddr::from)),
+        identity in any_peer_identity(),
         xff in prop::option::of(any_forwarded_for()),
     ) {
-        let resolution = resolve_client(&policy, peer, xff.as_deref());
+        let mut identity_reads = 0;
+        let resolution = resolve_client(&policy, peer, || { identity_reads += 1; identity.as_deref() }, xff.as_deref());
+        let trusted_by_address = peer.is_some_and(|peer| policy.is_trusted(peer));
+        let trusted_by_identity = identity.as_deref().is_some_and(|san| policy.trusted_identities.trust(san));
         match resolution.origin {
             ClientOrigin::Peer => prop_assert_eq!(resolution.client, peer),
             ClientOrigin::Unknown => prop_assert!(resolution.client.is_none() && peer.is_none()),
@@ -74,16 +114,38 @@ proptest! {
             ClientOrigin::TrustedProxies => {
                 // Only a trusted peer opens the chain.
                 prop_assert!(policy.trusted_hops == 0);
-                prop_assert!(peer.is_some_and(|peer| policy.is_trusted(peer)));
+                prop_assert!(trusted_by_address || trusted_by_identity);
             }
         }
+        // The identity is read at most once, and only when it can decide.
+        prop_assert!(identity_reads <= 1);
+        if policy.trusted_identities.is_empty() || policy.trusted_hops > 0 || trusted_by_address {
+            prop_assert_eq!(identity_reads, 0);
+        }
+        prop_assert_eq!(resolution.peer_trusted_by_identity, !trusted_by_address && trusted_by_identity && policy.trusted_hops == 0);
         if let Some(client) = resolution.client {
             prop_assert_eq!(parse_forwarded_entry(IpText::new(client).as_bytes()), Some(client));
         }
         // An untrusted peer is always the client, whatever it sent.
-        if let Some(peer) = peer {
-            if policy.trusted_hops == 0 && !policy.is_trusted(peer) {
-                prop_assert_eq!(resolution.client, Some(peer));
+        if policy.trusted_hops == 0 && !trusted_by_address && !trusted_by_identity {
+            prop_assert_eq!(resolution.client, peer);
+        }
+    }
+
+    #[test]
+    fn identity_entries_take_any_text(entry in ".{0,40}", san in prop::collection::vec(any::<u8>(), 0..60)) {
+        if let Ok(pattern) = IdentityPattern::parse(&entry) {
+            let trusted = TrustedIdentities::new(vec![pattern]);
+            // Only a spiffe:// URI is an identity.
+            if !san.get(..9).is_some_and(|s| s.eq_ignore_ascii_case(b"spiffe://")) {
+                prop_assert!(!trusted.trust(&san));
+            }
+            // An entry without a star trusts exactly its own identity.
+            if !entry.contains('*') {
+                let body = entry.strip_prefix("spiffe://").unwrap_or(&entry);
+                let own = format!("spiffe://{body}");
+                prop_assert!(trusted.trust(own.as_bytes()));
+                prop_assert_eq!(trusted.trust(&san), san == own.as_bytes() || san.get(9..) == Some(body.as_bytes()));
             }
         }
     }

@@ -12,6 +12,7 @@ use std::net::IpAddr;
 
 use client_ip::address::IpText;
 use client_ip::config::{FilterConfig, ForwardedMode, TrustPolicy, XffMode, MAX_FORWARDED_ENTRIES};
+use client_ip::identity::{IdentityPattern, TrustedIdentities};
 use client_ip::resolve::{resolve_client, ClientOrigin, Resolution};
 use client_ip::rewrite::{forwarded_edit, forwarded_for_edit, HeaderEdit};
 
@@ -19,11 +20,15 @@ struct Case {
     name: &'static str,
     trusted_proxies: &'static [&'static str],
     trusted_hops: usize,
+    trusted_identities: &'static [&'static str],
     peer: Option<&'static str>,
+    /// The URI SAN of the peer's certificate.
+    identity: Option<&'static str>,
     xff: Option<&'static str>,
     client: Option<&'static str>,
     origin: ClientOrigin,
     invalid_entries: u32,
+    peer_trusted_by_identity: bool,
 }
 
 const fn case(name: &'static str) -> Case {
@@ -31,17 +36,24 @@ const fn case(name: &'static str) -> Case {
         name,
         trusted_proxies: &[],
         trusted_hops: 0,
+        trusted_identities: &[],
         peer: Some("127.0.0.5"),
+        identity: None,
         xff: None,
         client: Some("127.0.0.5"),
         origin: ClientOrigin::Peer,
         invalid_entries: 0,
+        peer_trusted_by_identity: false,
     }
 }
 
 use ClientOrigin::{TrustedHops, TrustedProxies, Unknown};
 
 const TRUST_LOOPBACK: &[&str] = &["127.0.0.0/8", "::1"];
+const GATEWAY_PRINCIPAL: &[&str] =
+    &["cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account"];
+const GATEWAY_SAN: Option<&str> =
+    Some("spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account");
 
 const CASES: &[Case] = &[
     // Rule 4: an untrusted peer is the client; nothing it sent is believed.
@@ -256,6 +268,88 @@ const CASES: &[Case] = &[
         origin: Unknown,
         ..case("unknown peer is never trusted")
     },
+    // Rule 3 by identity: the peer's mTLS identity, whatever its address.
+    Case {
+        trusted_identities: GATEWAY_PRINCIPAL,
+        identity: GATEWAY_SAN,
+        xff: Some("6.6.6.6, 9.9.9.9"),
+        client: Some("9.9.9.9"),
+        origin: TrustedProxies,
+        peer_trusted_by_identity: true,
+        ..case("trusted identity names the client")
+    },
+    Case {
+        trusted_identities: &["spiffe://cluster.local/ns/istio-system/*"],
+        identity: GATEWAY_SAN,
+        xff: Some("9.9.9.9"),
+        client: Some("9.9.9.9"),
+        origin: TrustedProxies,
+        peer_trusted_by_identity: true,
+        ..case("trusted namespace, spiffe form")
+    },
+    Case {
+        trusted_identities: GATEWAY_PRINCIPAL,
+        identity: Some("spiffe://cluster.local/ns/default/sa/rogue"),
+        xff: Some("6.6.6.6"),
+        ..case("another identity is not trusted")
+    },
+    Case {
+        trusted_identities: GATEWAY_PRINCIPAL,
+        xff: Some("6.6.6.6"),
+        ..case("no client certificate, no identity")
+    },
+    Case {
+        trusted_identities: GATEWAY_PRINCIPAL,
+        identity: Some("cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account"),
+        xff: Some("6.6.6.6"),
+        ..case("a URI that is not spiffe:// is no identity")
+    },
+    Case {
+        trusted_identities: GATEWAY_PRINCIPAL,
+        trusted_proxies: &["10.0.0.0/8"],
+        identity: GATEWAY_SAN,
+        xff: Some("9.9.9.9, 10.1.1.1"),
+        client: Some("9.9.9.9"),
+        origin: TrustedProxies,
+        peer_trusted_by_identity: true,
+        ..case("entries left of an identity are judged by address")
+    },
+    Case {
+        trusted_identities: GATEWAY_PRINCIPAL,
+        identity: GATEWAY_SAN,
+        xff: Some("10.1.1.1"),
+        client: Some("10.1.1.1"),
+        origin: TrustedProxies,
+        peer_trusted_by_identity: true,
+        ..case("an identity vouches for its peer alone")
+    },
+    Case {
+        trusted_identities: GATEWAY_PRINCIPAL,
+        identity: GATEWAY_SAN,
+        xff: Some("9.9.9.9, unknown"),
+        invalid_entries: 1,
+        peer_trusted_by_identity: true,
+        ..case("junk from a trusted identity leaves the peer")
+    },
+    Case {
+        trusted_identities: GATEWAY_PRINCIPAL,
+        trusted_proxies: TRUST_LOOPBACK,
+        identity: GATEWAY_SAN,
+        xff: Some("9.9.9.9"),
+        client: Some("9.9.9.9"),
+        origin: TrustedProxies,
+        ..case("an address that decides leaves the identity unread")
+    },
+    Case {
+        trusted_identities: GATEWAY_PRINCIPAL,
+        identity: GATEWAY_SAN,
+        peer: None,
+        xff: Some("9.9.9.9"),
+        client: Some("9.9.9.9"),
+        origin: TrustedProxies,
+        peer_trusted_by_identity: true,
+        ..case("identity trusts a peer whose address is unknown")
+    },
 ];
 
 fn policy(case: &Case) -> TrustPolicy {
@@ -272,7 +366,17 @@ fn policy(case: &Case) -> TrustPolicy {
             })
             .collect(),
         trusted_hops: case.trusted_hops,
+        trusted_identities: TrustedIdentities::new(
+            case.trusted_identities
+                .iter()
+                .map(|entry| IdentityPattern::parse(entry).unwrap())
+                .collect(),
+        ),
     }
+}
+
+fn no_identity() -> Option<&'static str> {
+    None
 }
 
 fn ip(text: &str) -> IpAddr {
@@ -282,17 +386,32 @@ fn ip(text: &str) -> IpAddr {
 #[test]
 fn resolution_rules() {
     for case in CASES {
+        let policy = policy(case);
+        let mut identity_reads = 0;
         let got = resolve_client(
-            &policy(case),
+            &policy,
             case.peer.map(ip),
+            || {
+                identity_reads += 1;
+                case.identity
+            },
             case.xff.map(str::as_bytes),
         );
         let want = Resolution {
             client: case.client.map(ip),
             origin: case.origin,
             invalid_entries: case.invalid_entries,
+            peer_trusted_by_identity: case.peer_trusted_by_identity,
         };
         assert_eq!(got, want, "case: {}", case.name);
+        // The identity costs a host call: read only when it can decide.
+        let address_decides = case
+            .peer
+            .map(ip)
+            .is_some_and(|peer| policy.is_trusted(peer));
+        let may_read =
+            !policy.trusted_identities.is_empty() && policy.trusted_hops == 0 && !address_decides;
+        assert_eq!(identity_reads, usize::from(may_read), "case: {}", case.name);
     }
 }
 
@@ -304,7 +423,12 @@ fn repeated_headers_as_envoy_joins_them() {
         ..case("")
     });
     let joined = "9.9.9.9, 10.0.0.1,127.0.0.9";
-    let got = resolve_client(&policy, Some(ip("127.0.0.5")), Some(joined.as_bytes()));
+    let got = resolve_client(
+        &policy,
+        Some(ip("127.0.0.5")),
+        no_identity,
+        Some(joined.as_bytes()),
+    );
     assert_eq!(got.client, Some(ip("10.0.0.1")));
 }
 
@@ -316,7 +440,12 @@ fn the_walk_is_capped() {
     });
     let chain = vec!["127.0.0.1"; MAX_FORWARDED_ENTRIES + 5].join(",");
     let xff = format!("9.9.9.9,{chain}");
-    let got = resolve_client(&policy, Some(ip("127.0.0.5")), Some(xff.as_bytes()));
+    let got = resolve_client(
+        &policy,
+        Some(ip("127.0.0.5")),
+        no_identity,
+        Some(xff.as_bytes()),
+    );
     assert_eq!(got.client, Some(ip("127.0.0.1")));
     assert_eq!(got.origin, TrustedProxies);
 }

@@ -3,6 +3,7 @@
 #![no_main]
 
 use client_ip::config::{check_peer_config, FilterConfig, MAX_FORWARDED_ENTRIES, MAX_TRUSTED_PROXIES};
+use client_ip::identity::MAX_TRUSTED_IDENTITIES;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -11,6 +12,8 @@ fuzz_target!(|data: &[u8]| {
         Ok(config) => {
             assert!(config.trust.trusted_hops <= MAX_FORWARDED_ENTRIES);
             assert!(config.trust.trusted_proxies.len() <= MAX_TRUSTED_PROXIES);
+            assert!(config.trust.trusted_identities.len() <= MAX_TRUSTED_IDENTITIES);
+            assert!(config.trust.trusted_hops == 0 || config.trust.trusted_identities.is_empty());
             if let Some(header) = &config.client_ip_header {
                 assert!(!header.is_empty() && !header.bytes().any(|b| b.is_ascii_uppercase()));
             }

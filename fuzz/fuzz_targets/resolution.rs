@@ -1,6 +1,8 @@
-//! Whole resolution from arbitrary configuration, peer and X-Forwarded-For:
-//! no panic, the client is always a valid address, an untrusted peer is
-//! always its own client, and every rewrite ends as the modes promise.
+//! Whole resolution from arbitrary configuration, peer, peer identity and
+//! X-Forwarded-For: no panic, the client is always a valid address, a peer
+//! trusted neither by address nor by identity is always its own client, the
+//! identity is read only when it can decide, and every rewrite ends as the
+//! modes promise.
 #![no_main]
 
 use client_ip::address::{parse_forwarded_entry, IpText};
@@ -9,8 +11,8 @@ use client_ip::resolve::resolve_client;
 use client_ip::rewrite::{forwarded_edit, forwarded_for_edit, strip_envoy_append, HeaderEdit};
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|input: (&[u8], &[u8], &[u8])| {
-    let (config, peer, forwarded_for) = input;
+fuzz_target!(|input: (&[u8], &[u8], &[u8], Option<&[u8]>)| {
+    let (config, peer, forwarded_for, peer_identity) = input;
     let config = FilterConfig::from_json(config).unwrap_or_default();
     let peer = parse_forwarded_entry(peer);
     let seen = (!forwarded_for.is_empty()).then_some(forwarded_for);
@@ -19,14 +21,20 @@ fuzz_target!(|input: (&[u8], &[u8], &[u8])| {
         _ => None,
     };
     let received = stripped.or(seen);
-    let resolution = resolve_client(&config.trust, peer, received);
+    let mut identity_reads = 0;
+    let resolution = resolve_client(&config.trust, peer, || { identity_reads += 1; peer_identity }, received);
+    let trusted_by_address = peer.is_some_and(|peer| config.trust.is_trusted(peer));
+    let trusted_by_identity = peer_identity.is_some_and(|san| config.trust.trusted_identities.trust(san));
+    assert!(identity_reads <= 1);
+    if config.trust.trusted_identities.is_empty() || trusted_by_address {
+        assert_eq!(identity_reads, 0);
+    }
+    assert_eq!(resolution.peer_trusted_by_identity, !trusted_by_address && trusted_by_identity);
     if let Some(client) = resolution.client {
         assert_eq!(parse_forwarded_entry(IpText::new(client).as_bytes()), Some(client));
     }
-    if let Some(peer) = peer {
-        if config.trust.trusted_hops == 0 && !config.trust.is_trusted(peer) {
-            assert_eq!(resolution.client, Some(peer));
-        }
+    if config.trust.trusted_hops == 0 && !trusted_by_address && !trusted_by_identity {
+        assert_eq!(resolution.client, peer);
     }
     let client_text = resolution.client.map(IpText::new);
     let mut scratch = Vec::new();

@@ -8,12 +8,13 @@ use std::cell::Cell;
 use super::host;
 
 /// Stat names, in the order [`Tally::take`] returns them.
-pub const NAMES: [&str; 5] = [
+pub const NAMES: [&str; 6] = [
     "client_ip.requests",
     "client_ip.client_from_trusted",
     "client_ip.forged_header_replaced",
     "client_ip.invalid_xff_entries",
     "client_ip.peer_unknown",
+    "client_ip.peer_trusted_by_identity",
 ];
 
 /// Counts not yet handed to Envoy.
@@ -29,6 +30,8 @@ pub struct Tally {
     pub invalid_xff_entries: Cell<u64>,
     /// Requests whose true peer could not be known.
     pub peer_unknown: Cell<u64>,
+    /// Requests whose peer was trusted by its mTLS identity.
+    pub peer_trusted_by_identity: Cell<u64>,
 }
 
 pub fn bump(cell: &Cell<u64>, by: u64) {
@@ -36,13 +39,14 @@ pub fn bump(cell: &Cell<u64>, by: u64) {
 }
 
 impl Tally {
-    fn take(&self) -> [u64; 5] {
+    fn take(&self) -> [u64; NAMES.len()] {
         [
             self.requests.take(),
             self.client_from_trusted.take(),
             self.forged_header_replaced.take(),
             self.invalid_xff_entries.take(),
             self.peer_unknown.take(),
+            self.peer_trusted_by_identity.take(),
         ]
     }
 }

@@ -25,6 +25,9 @@ pub mod path {
     pub const CLIENT_IP_PEER: &[u8] = b"client_ip_peer";
     /// The resolved client, published as filter state `wasm.client_ip`.
     pub const CLIENT_IP: &[u8] = b"client_ip";
+    /// The first URI SAN of the downstream peer's certificate: its SPIFFE
+    /// identity on a mesh mTLS hop. Not found without a client certificate.
+    pub const PEER_URI_SAN: &[u8] = b"connection\0uri_san_peer_certificate";
     /// The root_id this plugin was configured with.
     pub const PLUGIN_ROOT_ID: &[u8] = b"plugin_root_id";
 }

@@ -49,11 +49,19 @@ impl HttpShared {
             _ => None,
         };
         let received_xff = envoy_appended_to.or(seen_xff.as_deref());
-        let resolution = resolve_client(&self.config.trust, peer, received_xff);
+        let resolution = resolve_client(
+            &self.config.trust,
+            peer,
+            || logged("peer identity", host::get_property(path::PEER_URI_SAN)).flatten(),
+            received_xff,
+        );
         bump(
             &tally.invalid_xff_entries,
             u64::from(resolution.invalid_entries),
         );
+        if resolution.peer_trusted_by_identity {
+            bump(&tally.peer_trusted_by_identity, 1);
+        }
         if matches!(
             resolution.origin,
             ClientOrigin::TrustedHops | ClientOrigin::TrustedProxies
