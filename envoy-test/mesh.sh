@@ -53,15 +53,48 @@ render() {
 render sidecar
 render gateway
 
+# Every process the mesh started, and theirs (gunicorn's workers), goes
+# down with it: asked first, killed when still there after 10 s.
 pids=()
+alive() { # a running process, not a zombie waiting to be reaped
+  local stat
+  { read -r stat < "/proc/$1/stat"; } 2>/dev/null || return 1
+  stat=${stat##*) }
+  [ "${stat%% *}" != Z ]
+}
+any_alive() {
+  local pid
+  for pid in "$@"; do alive "$pid" && return 0; done
+  return 1
+}
+descendants() {
+  local child
+  for child in $(ps -o pid= --ppid "$1" 2>/dev/null); do
+    echo "$child"
+    descendants "$child"
+  done
+}
 stop() {
-  trap - EXIT INT TERM
-  [ ${#pids[@]} -eq 0 ] || kill "${pids[@]}" 2>/dev/null || true
+  trap - EXIT INT TERM HUP
+  local all=() pid deadline=$((SECONDS + 10))
+  for pid in "${pids[@]}"; do
+    all+=("$pid" $(descendants "$pid"))
+  done
+  if [ ${#all[@]} -gt 0 ]; then
+    kill "${pids[@]}" 2>/dev/null || true
+    while any_alive "${all[@]}" && [ $SECONDS -lt $deadline ]; do sleep 0.1; done
+    for pid in "${all[@]}"; do
+      if alive "$pid"; then
+        echo "mesh: $pid did not stop in time; killing it" >&2
+        kill -KILL "$pid" 2>/dev/null || true
+      fi
+    done
+  fi
   wait 2>/dev/null || true
   echo "mesh: stopped"
 }
 trap stop EXIT
-trap 'exit 0' INT TERM
+trap 'exit 0' INT TERM HUP
 
 "$VENV/bin/gunicorn" --bind "127.0.0.1:$APP_PORT" --workers 2 --log-level warning httpbin:app &
 pids+=($!)
