@@ -1,11 +1,19 @@
 //! The local mesh of `make run`, driven as a user drives it: `mesh.sh` on free
 //! ports, then the README's curl commands against real Envoy and httpbin.
+//!
+//! `mesh.sh` runs in a process group of its own, with the signal dispositions
+//! a terminal gives it (whoever started the tests may have ignored SIGINT, and
+//! bash cannot trap a signal ignored when it started). It is stopped as Ctrl-C
+//! stops `make run`, SIGINT to the whole group, and on every other way out the
+//! whole group is killed, so no Envoy or gunicorn outlives a test.
 
-use std::io::{BufRead, BufReader};
+use std::io::{self, BufRead, BufReader};
 use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use envoy_test::{envoy_bin, module_path, repo_root};
 use serde_json::Value;
@@ -22,10 +30,92 @@ const PORT_VARS: [&str; 9] = [
     "GATEWAY_ADMIN_PORT",
 ];
 
+/// A directory under the system temp dir, removed however the test ends.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("client-ip-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Back to what a shell started from a terminal gets: SIGINT, SIGTERM, SIGHUP
+/// and SIGQUIT handled by default, nothing blocked. Runs in the child between
+/// fork and exec, so only async-signal-safe calls.
+fn default_signals() -> io::Result<()> {
+    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
+        // SAFETY: sigaction-backed, async-signal-safe.
+        if unsafe { libc::signal(signal, libc::SIG_DFL) } == libc::SIG_ERR {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    // SAFETY: an emptied local sigset_t, handed to sigprocmask.
+    unsafe {
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        if libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut()) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Sends `signal` to every process of the group; false when none is left.
+fn signal_group(pgid: i32, signal: i32) -> bool {
+    // SAFETY: kill(2) on a negative pid addresses the process group.
+    let sent = unsafe { libc::kill(-pgid, signal) } == 0;
+    sent || io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+}
+
+/// The processes of a group, as `pid state command`, read from /proc.
+fn group_members(pgid: i32) -> Vec<String> {
+    let mut members = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid pgrp ...; comm may hold spaces and parentheses.
+        let Some((_, rest)) = stat.rsplit_once(") ") else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.get(2).and_then(|f| f.parse::<i32>().ok()) != Some(pgid) {
+            continue;
+        }
+        let command = std::fs::read(entry.path().join("cmdline"))
+            .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+            .unwrap_or_default();
+        members.push(format!(
+            "{} {} {}",
+            entry.file_name().to_string_lossy(),
+            fields.first().unwrap_or(&"?"),
+            command.trim_end()
+        ));
+    }
+    members
+}
+
 struct Mesh {
     child: Option<Child>,
+    /// The process group of mesh.sh and everything it starts; None once it is
+    /// known to be empty.
+    pgid: Option<i32>,
     ports: Vec<(&'static str, u16)>,
     lines: mpsc::Receiver<String>,
+    _run_dir: TempDir,
 }
 
 impl Mesh {
@@ -41,7 +131,7 @@ impl Mesh {
             .map(|(var, l)| (*var, l.local_addr().unwrap().port()))
             .collect();
         drop(held);
-        let run_dir = std::env::temp_dir().join(format!("client-ip-mesh-{}", std::process::id()));
+        let run_dir = TempDir::new("mesh");
         let venv = envoy_bin()
             .parent()
             .unwrap()
@@ -51,15 +141,19 @@ impl Mesh {
         let mut command = Command::new(repo_root().join("envoy-test/mesh.sh"));
         command
             .env("VENV", venv)
-            .env("RUN_DIR", &run_dir)
+            .env("RUN_DIR", run_dir.path())
             .env("MODULE", module_path())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(Stdio::inherit())
+            .process_group(0);
+        // SAFETY: default_signals only makes async-signal-safe calls.
+        unsafe { command.pre_exec(default_signals) };
         for (var, port) in &ports {
             command.env(var, port.to_string());
         }
         let mut child = command.spawn().expect("start envoy-test/mesh.sh");
+        let pgid = i32::try_from(child.id()).unwrap();
         let stdout = child.stdout.take().unwrap();
         let (sender, lines) = mpsc::channel();
         std::thread::spawn(move || {
@@ -71,8 +165,10 @@ impl Mesh {
         });
         let mesh = Mesh {
             child: Some(child),
+            pgid: Some(pgid),
             ports,
             lines,
+            _run_dir: run_dir,
         };
         mesh.wait_for_line("mesh: ready", Duration::from_secs(120));
         mesh
@@ -83,10 +179,10 @@ impl Mesh {
     }
 
     fn wait_for_line(&self, wanted: &str, timeout: Duration) -> Vec<String> {
-        let deadline = std::time::Instant::now() + timeout;
+        let deadline = Instant::now() + timeout;
         let mut seen = Vec::new();
         loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
                 Ok(line) if line.contains(wanted) => return seen,
                 Ok(line) => seen.push(line),
@@ -101,11 +197,11 @@ impl Mesh {
     /// Waits (up to 10 s; Envoy flushes access logs in batches) for an
     /// access-log line that matches.
     fn wait_for_access_log(&self, matches: impl Fn(&Value) -> bool) -> Value {
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(10);
         let mut seen = Vec::new();
         while let Ok(line) = self
             .lines
-            .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
         {
             if let Ok(entry) = serde_json::from_str::<Value>(&line) {
                 if matches(&entry) {
@@ -117,26 +213,45 @@ impl Mesh {
         panic!("no matching access-log line in:\n{}", seen.join("\n"));
     }
 
-    /// Ctrl-C, as a user stops `make run`.
-    fn interrupt(&mut self) -> std::process::ExitStatus {
-        let mut child = self.child.take().unwrap();
-        let status = Command::new("kill")
-            .args(["-INT", &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
+    /// Ctrl-C, as a user stops `make run`: SIGINT to the whole process group.
+    /// Every process of the group must then be gone within 30 s.
+    fn interrupt(&mut self) -> ExitStatus {
+        let pgid = self.pgid.unwrap();
+        assert!(
+            signal_group(pgid, libc::SIGINT),
+            "the mesh was already gone"
+        );
         self.wait_for_line("mesh: stopped", Duration::from_secs(30));
-        child.wait().unwrap()
+        let status = self.child.take().unwrap().wait().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while signal_group(pgid, 0) {
+            assert!(
+                Instant::now() < deadline,
+                "still running 30 s after Ctrl-C:\n{}",
+                group_members(pgid).join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.pgid = None;
+        status
     }
 }
 
 impl Drop for Mesh {
+    /// Whatever happened, nothing of the mesh outlives the test.
     fn drop(&mut self) {
+        if let Some(pgid) = self.pgid {
+            signal_group(pgid, libc::SIGKILL);
+        }
         if let Some(child) = &mut self.child {
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
             let _ = child.wait();
+        }
+        // Orphans killed with mesh.sh are reaped by init: give it a moment.
+        if let Some(pgid) = self.pgid {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while signal_group(pgid, 0) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
     }
 }
@@ -295,7 +410,8 @@ fn every_envoy_config_in_the_repo_validates() {
         .filter(|path| path.extension().is_some_and(|e| e == "yaml"))
         .collect();
     assert!(configs.len() >= 2, "{configs:?}");
-    let dir = std::env::temp_dir().join(format!("client-ip-validate-{}", std::process::id()));
+    let scratch = TempDir::new("validate");
+    let dir = scratch.path();
     std::fs::create_dir_all(dir.join("tls")).unwrap();
     let made = Command::new("openssl")
         .args([
