@@ -7,6 +7,9 @@
 //! - [`Envoy`]: a running Envoy on free ports, with its admin API and logs.
 //! - [`Request`]: a raw HTTP/1.1 client that can pick its source address
 //!   (any 127.0.0.x, or ::1) and send repeated or malformed headers.
+//! - [`pki::Pki`]: a mesh CA issuing SPIFFE workload certificates, for
+//!   listeners with mutual TLS ([`ListenerTls`]).
+//! - [`ScratchDir`]: a temporary directory removed on every path out.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
@@ -17,6 +20,8 @@ use std::time::{Duration, Instant};
 use std::{fs, thread};
 
 use serde_json::{json, Value};
+
+pub mod pki;
 
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -45,6 +50,14 @@ pub fn module_path() -> PathBuf {
     required_file("PLUGIN_WASM", repo_root().join("build/plugin.wasm"))
 }
 
+/// The project venv's Python (beside its Envoy), which has the HTTP/2 and
+/// gRPC client libraries the tests use.
+pub fn venv_python() -> PathBuf {
+    envoy_bin().with_file_name("python")
+}
+
+/// A fresh, empty `/tmp/client-ip-<tag>-<pid>-<n>`. The caller owns it;
+/// [`ScratchDir`] removes it by itself.
 pub fn scratch_dir(tag: &str) -> PathBuf {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     let dir = std::env::temp_dir().join(format!(
@@ -55,6 +68,26 @@ pub fn scratch_dir(tag: &str) -> PathBuf {
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+/// A scratch directory that is removed when dropped, on every path out of a
+/// test, a failed assertion included.
+pub struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    pub fn new(tag: &str) -> ScratchDir {
+        ScratchDir(scratch_dir(tag))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
 }
 
 // ---------------------------------------------------------------- upstream
@@ -145,6 +178,20 @@ pub struct Listener {
     pub use_remote_address: bool,
     /// `root_id` of the HTTP filter (`client_ip` unless a test says otherwise).
     pub http_root_id: String,
+    /// Downstream TLS; `None` serves plaintext.
+    pub tls: Option<ListenerTls>,
+}
+
+/// A listener's downstream TLS, as on a mesh inbound listener: the server's
+/// certificate, the mesh CA that client certificates must chain to, and ALPN
+/// `h2` and `http/1.1`.
+#[derive(Clone, Debug)]
+pub struct ListenerTls {
+    pub server: pki::Identity,
+    pub ca: PathBuf,
+    /// Istio's STRICT mTLS requires one; without it a client may connect with
+    /// no certificate, and so no identity.
+    pub require_client_certificate: bool,
 }
 
 impl Listener {
@@ -158,7 +205,13 @@ impl Listener {
             http_filter: Some(plugin_json.to_owned()),
             use_remote_address: false,
             http_root_id: "client_ip".to_owned(),
+            tls: None,
         }
+    }
+
+    pub fn with_tls(mut self, tls: ListenerTls) -> Listener {
+        self.tls = Some(tls);
+        self
     }
 
     pub fn without_peer_filter(mut self) -> Listener {
@@ -265,10 +318,33 @@ pub fn listener_config(listener: &Listener, module: &Path, log_dir: &Path) -> Va
             "http_filters": http_filters
         }
     }));
+    let mut chain = json!({"filters": filters});
+    if let Some(tls) = &listener.tls {
+        chain["transport_socket"] = downstream_tls(tls);
+    }
     json!({
         "name": listener.name,
         "address": {"socket_address": {"address": listener.address, "port_value": listener.port}},
-        "filter_chains": [{"filters": filters}]
+        "filter_chains": [chain]
+    })
+}
+
+fn downstream_tls(tls: &ListenerTls) -> Value {
+    let path = |p: &Path| p.display().to_string();
+    json!({
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+            "require_client_certificate": tls.require_client_certificate,
+            "common_tls_context": {
+                "alpn_protocols": ["h2", "http/1.1"],
+                "tls_certificates": [{
+                    "certificate_chain": {"filename": path(&tls.server.cert)},
+                    "private_key": {"filename": path(&tls.server.key)}
+                }],
+                "validation_context": {"trusted_ca": {"filename": path(&tls.ca)}}
+            }
+        }
     })
 }
 
@@ -300,6 +376,22 @@ pub fn envoy_config_with_module(
             }]
         }
     })
+}
+
+/// The same, with an upstream that speaks HTTP/2 (a gRPC server).
+pub fn envoy_config_to_http2_upstream(
+    listeners: &[Listener],
+    upstream_port: u16,
+    log_dir: &Path,
+) -> Value {
+    let mut config = envoy_config(listeners, upstream_port, log_dir);
+    config["static_resources"]["clusters"][0]["typed_extension_protocol_options"] = json!({
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http2_protocol_options": {}}
+        }
+    });
+    config
 }
 
 // ------------------------------------------------------------------- envoy
@@ -499,9 +591,12 @@ impl Drop for Envoy {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        if !thread::panicking() {
-            let _ = fs::remove_dir_all(&self.dir);
+        // A failing test shows Envoy's log (the test harness prints what a
+        // failed test wrote); the directory goes on every path.
+        if thread::panicking() {
+            eprintln!("Envoy's log ({}):\n{}", self.dir.display(), self.log());
         }
+        let _ = fs::remove_dir_all(&self.dir);
     }
 }
 

@@ -1,7 +1,7 @@
 //! A bad plugin configuration never runs: Envoy refuses it, and the log names
 //! the field and the value in one line.
 
-use envoy_test::{envoy_config, Envoy, Listener, StartFailure, Upstream};
+use envoy_test::{envoy_config, scratch_dir, Envoy, Listener, StartFailure, Upstream};
 use serde_json::json;
 
 fn refused(listener: Listener) -> StartFailure {
@@ -66,6 +66,18 @@ fn each_kind_of_bad_plugin_json_is_refused_with_field_and_value() {
             "33",
         ),
         (
+            "star inside an identity",
+            r#"{"trusted_identities":["cluster.local/ns/*/sa/gateway"]}"#,
+            "field `trusted_identities[0]`",
+            "\"cluster.local/ns/*/sa/gateway\"",
+        ),
+        (
+            "identities beside hops",
+            r#"{"trusted_identities":["cluster.local/ns/istio-system/sa/gw"],"trusted_hops":1}"#,
+            "field `trusted_hops`",
+            "cannot be combined with trusted_identities",
+        ),
+        (
             "invalid header name",
             r#"{"client_ip_header":"x real ip"}"#,
             "field `client_ip_header`",
@@ -94,8 +106,7 @@ fn each_kind_of_bad_plugin_json_is_refused_with_field_and_value() {
 #[test]
 fn the_network_root_takes_no_settings() {
     let upstream = Upstream::start();
-    let dir = std::env::temp_dir().join(format!("client-ip-bad-peer-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch_dir("bad-peer");
     let mut config = envoy_config(&[Listener::sidecar("sidecar", "{}")], upstream.port, &dir);
     let peer = config
         .pointer_mut("/static_resources/listeners/0/filter_chains/0/filters/0/typed_config/config")
@@ -132,8 +143,7 @@ fn an_unknown_root_id_is_refused() {
 #[test]
 fn fail_open_does_not_let_a_bad_configuration_through() {
     let upstream = Upstream::start();
-    let dir = std::env::temp_dir().join(format!("client-ip-fail-open-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch_dir("fail-open");
     let listener = Listener::sidecar("sidecar", r#"{"xff_mode":"bogus"}"#);
     let mut config = envoy_config(&[listener], upstream.port, &dir);
     let plugin = config
