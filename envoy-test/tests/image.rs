@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use envoy_test::{module_path, repo_root, scratch_dir, Envoy, Listener, Request};
+use envoy_test::{module_path, repo_root, Envoy, Listener, Request, ScratchDir};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -19,6 +19,8 @@ const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 struct Registry {
     child: Child,
     addr: SocketAddr,
+    /// Its storage; removed after the registry stops.
+    _dir: ScratchDir,
 }
 
 impl Registry {
@@ -29,7 +31,8 @@ impl Registry {
             .unwrap()
             .port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let dir = scratch_dir("registry");
+        let scratch = ScratchDir::new("registry");
+        let dir = scratch.path();
         let config = dir.join("config.yml");
         std::fs::write(
             &config,
@@ -46,7 +49,11 @@ impl Registry {
             .stderr(Stdio::null())
             .spawn()
             .expect("docker-registry (Debian package docker-registry; `make test` installs it)");
-        let registry = Registry { child, addr };
+        let registry = Registry {
+            child,
+            addr,
+            _dir: scratch,
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         while registry.get("/v2/", "*/*").map(|r| r.status) != Some(200) {
             assert!(Instant::now() < deadline, "registry did not start");
@@ -170,8 +177,8 @@ fn pushed_image_gives_back_the_exact_module_and_it_runs() {
         "extracted module differs from build/plugin.wasm"
     );
 
-    let dir = scratch_dir("pulled");
-    let pulled = dir.join("plugin.wasm");
+    let dir = ScratchDir::new("pulled");
+    let pulled = dir.path().join("plugin.wasm");
     std::fs::write(&pulled, &module).unwrap();
     run_in_envoy(&pulled);
 }
