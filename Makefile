@@ -87,14 +87,26 @@ test-envoy: $(MODULE) deps-venv
 	ENVOY_BIN=$(abspath $(ENVOY)) PLUGIN_WASM=$(abspath $(MODULE)) \
 	  cargo test --locked -p envoy-test -- --test-threads 2
 
-# wasmplugin/ against Istio's WasmPlugin CRD and real Envoy. The CRD is
-# Istio's (istio/api, kubernetes/customresourcedefinitions.gen.yaml), read
-# from beside the repository unless ISTIO_CRD names it.
-ISTIO_CRD ?= $(abspath ../shared/istio/wasmplugins.extensions.istio.io.yaml)
-test-manifests: $(MODULE) deps-venv
-	@[ -f "$(ISTIO_CRD)" ] || { echo "test-manifests: Istio's WasmPlugin CRD is not at $(ISTIO_CRD); set ISTIO_CRD=<path to wasmplugins.extensions.istio.io.yaml>" >&2; exit 1; }
-	ISTIO_CRD=$(abspath $(ISTIO_CRD)) ENVOY_BIN=$(abspath $(ENVOY)) PLUGIN_WASM=$(abspath $(MODULE)) \
+# wasmplugin/ against Istio's WasmPlugin schema and real Envoy. The schema is
+# npm's @kubernetes-models/istio, pinned in envoy-test/istio-schema/
+# package-lock.json and installed there (npm ci, Node.js and npm from Debian
+# when missing) the first time: generated from Istio 1.29.2's CRDs, its
+# WasmPlugin schema is the one Istio 1.27 to 1.30 ship. ISTIO_CRD=<path> to
+# another WasmPlugin CRD (alone, or in a customresourcedefinitions.gen.yaml)
+# validates against that instead.
+ISTIO_CRD ?=
+ISTIO_SCHEMA := envoy-test/istio-schema
+ISTIO_SCHEMA_INSTALLED := $(ISTIO_SCHEMA)/node_modules/.package-lock.json
+test-manifests: $(MODULE) deps-venv $(if $(ISTIO_CRD),,$(ISTIO_SCHEMA_INSTALLED))
+	@echo "test-manifests: Istio's WasmPlugin schema from $(if $(ISTIO_CRD),$(ISTIO_CRD),@kubernetes-models/istio ($(ISTIO_SCHEMA)))"
+	ISTIO_CRD=$(if $(ISTIO_CRD),$(abspath $(ISTIO_CRD))) ENVOY_BIN=$(abspath $(ENVOY)) PLUGIN_WASM=$(abspath $(MODULE)) \
 	  $(VENV)/bin/pytest -q -p no:cacheprovider envoy-test/test_manifests.py
+
+$(ISTIO_SCHEMA_INSTALLED): $(ISTIO_SCHEMA)/package.json $(ISTIO_SCHEMA)/package-lock.json
+	@command -v npm >/dev/null || { echo "installing: nodejs npm"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; }
+	npm ci --prefix $(ISTIO_SCHEMA) --ignore-scripts --no-audit --no-fund --loglevel=error
+	touch $@
 
 clean:
 	rm -rf build target $(VENV)
@@ -134,11 +146,11 @@ endif
 
 # ---------------------------------------------------------------- fuzz
 # cargo-fuzz (libFuzzer, nightly) on the address parser, the config parser,
-# identity matching and whole resolution; FUZZ_SECONDS per target. New inputs go to
+# identity matching, access lists and whole resolution; FUZZ_SECONDS per target. New inputs go to
 # build/fuzz/; the seeds in fuzz/corpus/ are only read. A crash fails the
 # run and leaves its input in build/fuzz/artifacts/.
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := forwarded_entry plugin_config resolution peer_identity
+FUZZ_TARGETS := forwarded_entry plugin_config resolution peer_identity access_lists
 fuzz:
 	@rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
 	@cargo +nightly fuzz --version >/dev/null 2>&1 || cargo +nightly install --quiet cargo-fuzz
