@@ -184,11 +184,8 @@ bench: $(MODULE) deps-venv | deps-apt
 run: $(MODULE) deps-venv
 	envoy-test/mesh.sh
 
-# The gateway's self-signed certificate, for running the configs without
-# `make run` (docker compose, func-e). `make run` makes it itself.
-certs: envoy-test/run/tls/cert.pem
-envoy-test/run/tls/cert.pem:
-	mkdir -p $(@D)
-	openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj /CN=localhost \
-	  -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
-	  -keyout $(@D)/key.pem -out $@ 2>/dev/null
+# A fresh mesh CA, the workloads' SPIFFE certificates and the gateway's HTTPS
+# certificate in envoy-test/run/, for running the configs without `make run`
+# (docker compose, func-e). `make run` makes new ones at every start.
+certs: | deps-apt
+	envoy-test/mesh-pki.sh envoy-test/run
