@@ -7,6 +7,7 @@
 //! stops `make run`, SIGINT to the whole group, and on every other way out the
 //! whole group is killed, so no Envoy or gunicorn outlives a test.
 
+use std::cell::RefCell;
 use std::io::{self, BufRead, BufReader};
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
@@ -18,11 +19,14 @@ use std::time::{Duration, Instant};
 use envoy_test::{envoy_bin, module_path, repo_root};
 use serde_json::Value;
 
-const PORT_VARS: [&str; 9] = [
+const PORT_VARS: [&str; 12] = [
     "APP_PORT",
+    "SIDECAR_MTLS_PORT",
     "SIDECAR_PORT",
     "SIDECAR_PLAIN_PORT",
     "SIDECAR_ADMIN_PORT",
+    "SLEEP_OUTBOUND_PORT",
+    "SLEEP_ADMIN_PORT",
     "GATEWAY_HTTP_PORT",
     "GATEWAY_HTTPS_PORT",
     "GATEWAY_PLAIN_HTTP_PORT",
@@ -115,7 +119,9 @@ struct Mesh {
     pgid: Option<i32>,
     ports: Vec<(&'static str, u16)>,
     lines: mpsc::Receiver<String>,
-    _run_dir: TempDir,
+    /// Every access-log line printed so far.
+    access_log: RefCell<Vec<Value>>,
+    run_dir: TempDir,
 }
 
 impl Mesh {
@@ -168,7 +174,8 @@ impl Mesh {
             pgid: Some(pgid),
             ports,
             lines,
-            _run_dir: run_dir,
+            access_log: RefCell::new(Vec::new()),
+            run_dir,
         };
         mesh.wait_for_line("mesh: ready", Duration::from_secs(120));
         mesh
@@ -194,23 +201,64 @@ impl Mesh {
         }
     }
 
-    /// Waits (up to 10 s; Envoy flushes access logs in batches) for an
-    /// access-log line that matches.
+    /// Waits (up to 10 s; every Envoy worker flushes its access log on its
+    /// own, so lines do not come in order) for an access-log line that
+    /// matches, among all those printed so far.
     fn wait_for_access_log(&self, matches: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + Duration::from_secs(10);
-        let mut seen = Vec::new();
-        while let Ok(line) = self
-            .lines
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-        {
-            if let Ok(entry) = serde_json::from_str::<Value>(&line) {
-                if matches(&entry) {
-                    return entry;
+        let mut other = Vec::new();
+        loop {
+            if let Some(entry) = self.access_log.borrow().iter().find(|e| matches(e)) {
+                return entry.clone();
+            }
+            match self
+                .lines
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
+                Ok(line) => match serde_json::from_str::<Value>(&line) {
+                    Ok(entry) if entry.is_object() => self.access_log.borrow_mut().push(entry),
+                    _ => other.push(line),
+                },
+                Err(_) => {
+                    let log = self.access_log.borrow();
+                    let log: Vec<String> = log.iter().map(Value::to_string).collect();
+                    panic!(
+                        "no matching access-log line in:\n{}\nother output:\n{}",
+                        log.join("\n"),
+                        other.join("\n")
+                    );
                 }
             }
-            seen.push(line);
         }
-        panic!("no matching access-log line in:\n{}", seen.join("\n"));
+    }
+
+    /// A counter of httpbin's sidecar, from its admin's /stats as
+    /// `curl -s http://127.0.0.1:15000/stats | grep client_ip` shows it.
+    fn sidecar_counter(&self, name: &str) -> u64 {
+        let stats = curl_text(&[&format!(
+            "http://127.0.0.1:{}/stats?filter=client_ip",
+            self.port("SIDECAR_ADMIN_PORT")
+        )]);
+        stats
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(": "))
+            .unwrap_or_else(|| panic!("no {name} in:\n{stats}"))
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    /// Waits (up to 10 s: the filter hands its counts to Envoy once a second
+    /// per worker) until the counter reaches `at_least`, and returns it.
+    fn wait_for_counter(&self, name: &str, at_least: u64) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let value = self.sidecar_counter(name);
+            if value >= at_least || Instant::now() > deadline {
+                return value;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     /// Ctrl-C, as a user stops `make run`: SIGINT to the whole process group.
@@ -256,58 +304,91 @@ impl Drop for Mesh {
     }
 }
 
-fn curl(args: &[&str]) -> Value {
-    let output = Command::new("curl")
+fn run_curl(args: &[&str]) -> std::process::Output {
+    Command::new("curl")
         .args(["-sS", "--max-time", "10"])
         .args(args)
         .output()
-        .expect("curl");
-    let body = String::from_utf8_lossy(&output.stdout);
+        .expect("curl")
+}
+
+fn curl_text(args: &[&str]) -> String {
+    let output = run_curl(args);
     assert!(
         output.status.success(),
         "curl {args:?}: {}",
         String::from_utf8_lossy(&output.stderr)
     );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn curl(args: &[&str]) -> Value {
+    let body = curl_text(args);
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("curl {args:?}: {e}: {body}"))
 }
 
+/// One curl command line from its parts.
+fn with<'a>(parts: &[&[&'a str]]) -> Vec<&'a str> {
+    parts.concat()
+}
+
+const GATEWAY_IDENTITY: &str =
+    "spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account";
+const TRUSTED_BY_IDENTITY: &str = "wasmcustom.client_ip.peer_trusted_by_identity";
+const REQUESTS: &str = "wasmcustom.client_ip.requests";
+
 #[test]
-fn east_west_north_south_http_and_https() {
+fn east_west_north_south_http_and_https_over_mtls() {
     let mut mesh = Mesh::start();
     let url = |var: &str, path: &str| format!("http://127.0.0.1:{}{path}", mesh.port(var));
     let tls_url = |var: &str, path: &str| format!("https://127.0.0.1:{}{path}", mesh.port(var));
     let forged = ["-H", "X-Forwarded-For: 6.6.6.6", "-H", "X-Real-IP: 6.6.6.6"];
+    // Requests that went through client-ip on httpbin's sidecar so far.
+    let mut filtered = 0;
 
     // East-west, without the filter: the app sees the sidecar's 127.0.0.6.
     let before = curl(&[
         "--interface",
-        "127.0.0.123",
+        "127.0.0.10",
         &url("SIDECAR_PLAIN_PORT", "/ip"),
     ]);
     assert_eq!(before["origin"], "127.0.0.6");
     // ...and a forged X-Real-IP reaches it untouched.
-    let headers = curl(
-        &[
-            &["--interface", "127.0.0.123"][..],
-            &forged,
-            &[&url("SIDECAR_PLAIN_PORT", "/headers?show_env=1")],
-        ]
-        .concat(),
-    );
+    let headers = curl(&with(&[
+        &["--interface", "127.0.0.10"],
+        &forged,
+        &[&url("SIDECAR_PLAIN_PORT", "/headers?show_env=1")],
+    ]));
     assert_eq!(headers["headers"]["X-Real-Ip"], "6.6.6.6");
 
-    // East-west, with the filter: the app sees the client.
+    // East-west through sleep's sidecar, over mTLS and HTTP/2: the app sees
+    // the sleep pod, and nothing sleep writes changes that.
+    let sleep = curl(&[
+        "--interface",
+        "127.0.0.10",
+        &url("SLEEP_OUTBOUND_PORT", "/ip"),
+    ]);
+    assert_eq!(sleep["origin"], "127.0.0.10");
+    let sleep_forging = curl(&with(&[
+        &["--interface", "127.0.0.10"],
+        &forged,
+        &[&url("SLEEP_OUTBOUND_PORT", "/headers?show_env=1")],
+    ]));
+    assert_eq!(sleep_forging["headers"]["X-Real-Ip"], "127.0.0.10");
+    assert_eq!(sleep_forging["headers"]["X-Forwarded-For"], "127.0.0.10");
+    filtered += 2;
+
+    // Plaintext to the sidecar (PERMISSIVE): the client, whatever it forges.
     let after = curl(&["--interface", "127.0.0.123", &url("SIDECAR_PORT", "/ip")]);
     assert_eq!(after["origin"], "127.0.0.123");
-    for client in ["127.0.0.123", "127.0.0.124", "127.0.0.200"] {
-        let headers = curl(
-            &[
-                &["--interface", client][..],
-                &forged,
-                &[&url("SIDECAR_PORT", "/headers?show_env=1")],
-            ]
-            .concat(),
-        );
+    // 127.0.0.100 is the gateway's address, but only its identity is
+    // trusted: a plaintext client there is a client like any other.
+    for client in ["127.0.0.123", "127.0.0.200", "127.0.0.100"] {
+        let headers = curl(&with(&[
+            &["--interface", client],
+            &forged,
+            &[&url("SIDECAR_PORT", "/headers?show_env=1")],
+        ]));
         assert_eq!(headers["headers"]["X-Real-Ip"], client);
         assert_eq!(headers["headers"]["X-Forwarded-For"], client);
     }
@@ -318,49 +399,101 @@ fn east_west_north_south_http_and_https() {
         &format!("http://[::1]:{}/ip", mesh.port("SIDECAR_PORT")),
     ]);
     assert_eq!(ipv6["origin"], "::1");
+    filtered += 5;
 
-    // North-south over HTTP: the gateway's client, even when it forges headers.
-    let via_gateway = curl(
-        &[
-            &["--interface", "127.0.0.77"][..],
-            &forged,
-            &[&url("GATEWAY_HTTP_PORT", "/headers?show_env=1")],
-        ]
-        .concat(),
-    );
+    // A rogue workload with a valid mesh certificate of its own, next to the
+    // gateway's address, straight to the mTLS inbound: its forgeries get
+    // nowhere.
+    let pki = mesh.run_dir.path().join("mesh");
+    let pki_file = |name: &str| pki.join(name).to_str().unwrap().to_owned();
+    let rogue: Vec<String> = [
+        "--http2",
+        "--cacert",
+        &pki_file("ca.pem"),
+        "--cert",
+        &pki_file("rogue.pem"),
+        "--key",
+        &pki_file("rogue-key.pem"),
+        "--interface",
+        "127.0.0.101",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let rogue: Vec<&str> = rogue.iter().map(String::as_str).collect();
+    let rogue_forging = curl(&with(&[
+        &rogue,
+        &forged,
+        &[&tls_url("SIDECAR_MTLS_PORT", "/headers?show_env=1")],
+    ]));
+    assert_eq!(rogue_forging["headers"]["X-Real-Ip"], "127.0.0.101");
+    assert_eq!(rogue_forging["headers"]["X-Forwarded-For"], "127.0.0.101");
+    let rogue_origin = curl(&with(&[
+        &rogue,
+        &forged,
+        &[&tls_url("SIDECAR_MTLS_PORT", "/ip")],
+    ]));
+    assert_eq!(rogue_origin["origin"], "127.0.0.101");
+    filtered += 2;
+    // Without a mesh certificate there is no way in.
+    let no_cert = run_curl(&[
+        "--http2",
+        "--cacert",
+        &pki_file("ca.pem"),
+        &tls_url("SIDECAR_MTLS_PORT", "/ip"),
+    ]);
+    assert!(!no_cert.status.success(), "{no_cert:?}");
+
+    // Nobody so far was trusted by identity.
+    assert_eq!(mesh.wait_for_counter(REQUESTS, filtered), filtered);
+    assert_eq!(mesh.sidecar_counter(TRUSTED_BY_IDENTITY), 0);
+
+    // North-south over HTTP: the gateway's client, even when it forges
+    // headers.
+    let via_gateway = curl(&with(&[
+        &["--interface", "127.0.0.77"],
+        &forged,
+        &[&url("GATEWAY_HTTP_PORT", "/headers?show_env=1")],
+    ]));
     assert_eq!(via_gateway["headers"]["X-Real-Ip"], "127.0.0.77");
     assert_eq!(via_gateway["headers"]["X-Forwarded-For"], "127.0.0.77");
     let origin = curl(&[
         "--interface",
         "127.0.0.77",
+        "-H",
+        "X-Forwarded-For: 6.6.6.6",
         &url("GATEWAY_HTTP_PORT", "/ip"),
     ]);
     assert_eq!(origin["origin"], "127.0.0.77");
-    // Without the filter the forged X-Real-IP crosses the gateway and the sidecar.
-    let plain_gateway = curl(
-        &[
-            &["--interface", "127.0.0.77"][..],
-            &forged,
-            &[&url("GATEWAY_PLAIN_HTTP_PORT", "/headers?show_env=1")],
-        ]
-        .concat(),
-    );
+    // Without the filter the client's entry reaches the app, and the forged
+    // X-Real-IP crosses the gateway and the sidecar.
+    let plain_origin = curl(&[
+        "--interface",
+        "127.0.0.77",
+        "-H",
+        "X-Forwarded-For: 6.6.6.6",
+        &url("GATEWAY_PLAIN_HTTP_PORT", "/ip"),
+    ]);
+    assert_eq!(plain_origin["origin"], "6.6.6.6,127.0.0.77");
+    let plain_gateway = curl(&with(&[
+        &["--interface", "127.0.0.77"],
+        &forged,
+        &[&url("GATEWAY_PLAIN_HTTP_PORT", "/headers?show_env=1")],
+    ]));
     assert_eq!(plain_gateway["headers"]["X-Real-Ip"], "6.6.6.6");
 
     // North-south over HTTPS, TLS ended at the gateway.
-    let https = curl(
-        &[
-            &["-k", "--interface", "127.0.0.78"][..],
-            &forged,
-            &[&tls_url("GATEWAY_HTTPS_PORT", "/headers?show_env=1")],
-        ]
-        .concat(),
-    );
+    let https = curl(&with(&[
+        &["-k", "--interface", "127.0.0.78"],
+        &forged,
+        &[&tls_url("GATEWAY_HTTPS_PORT", "/headers?show_env=1")],
+    ]));
     assert_eq!(https["headers"]["X-Real-Ip"], "127.0.0.78");
     let https_origin = curl(&[
         "-k",
         "--interface",
         "127.0.0.78",
+        "-H",
+        "X-Forwarded-For: 6.6.6.6",
         &tls_url("GATEWAY_HTTPS_PORT", "/ip"),
     ]);
     assert_eq!(https_origin["origin"], "127.0.0.78");
@@ -374,20 +507,51 @@ fn east_west_north_south_http_and_https() {
         https_plain["origin"], "127.0.0.78",
         "Envoy's own XFF, read by httpbin"
     );
+    let through_gateway = 4;
+    filtered += through_gateway;
 
-    // The access log shows both views: Envoy's, and the filter's client.
-    let sidecar = format!("sidecar:{}", mesh.port("SIDECAR_PORT"));
-    let sidecar_view = mesh.wait_for_access_log(|e| {
-        e["proxy"] == sidecar.as_str() && e["x_forwarded_for"] == "127.0.0.77" && e["path"] == "/ip"
+    // Every request the gateway brought, and only those, was trusted by the
+    // gateway's identity.
+    assert_eq!(mesh.wait_for_counter(REQUESTS, filtered), filtered);
+    assert_eq!(
+        mesh.wait_for_counter(TRUSTED_BY_IDENTITY, through_gateway),
+        through_gateway
+    );
+
+    // The access log shows who came in over mTLS, with which identity and
+    // protocol, and the client the filter resolved.
+    let mtls = format!("sidecar:{}", mesh.port("SIDECAR_MTLS_PORT"));
+    let gateway_hop = mesh.wait_for_access_log(|e| {
+        e["proxy"] == mtls.as_str() && e["x_forwarded_for"] == "127.0.0.77" && e["path"] == "/ip"
     });
-    assert_eq!(sidecar_view["client_ip"], "127.0.0.77");
-    assert_eq!(sidecar_view["downstream_remote_address"], "127.0.0.77:0");
-    let direct = sidecar_view["downstream_direct_remote_address"]
+    assert_eq!(gateway_hop["peer_identity"], GATEWAY_IDENTITY);
+    assert_eq!(gateway_hop["protocol"], "HTTP/2");
+    assert_eq!(gateway_hop["client_ip"], "127.0.0.77");
+    assert_eq!(gateway_hop["downstream_remote_address"], "127.0.0.77:0");
+    let direct = gateway_hop["downstream_direct_remote_address"]
         .as_str()
         .unwrap();
     assert!(direct.starts_with("127.0.0.100:"), "{direct}");
-    let upstream_local = sidecar_view["upstream_local_address"].as_str().unwrap();
+    let upstream_local = gateway_hop["upstream_local_address"].as_str().unwrap();
     assert!(upstream_local.starts_with("127.0.0.6:"), "{upstream_local}");
+
+    let sleep_hop = mesh.wait_for_access_log(|e| {
+        e["proxy"] == mtls.as_str() && e["client_ip"] == "127.0.0.10" && e["path"] == "/ip"
+    });
+    assert_eq!(
+        sleep_hop["peer_identity"],
+        "spiffe://cluster.local/ns/default/sa/sleep"
+    );
+    assert_eq!(sleep_hop["protocol"], "HTTP/2");
+
+    let rogue_hop = mesh.wait_for_access_log(|e| {
+        e["proxy"] == mtls.as_str() && e["client_ip"] == "127.0.0.101" && e["path"] == "/ip"
+    });
+    assert_eq!(
+        rogue_hop["peer_identity"],
+        "spiffe://cluster.local/ns/default/sa/rogue"
+    );
+    assert_eq!(rogue_hop["downstream_remote_address"], "6.6.6.6:0");
 
     let status = mesh.interrupt();
     assert!(
@@ -409,27 +573,12 @@ fn every_envoy_config_in_the_repo_validates() {
         .map(|entry| entry.unwrap().path())
         .filter(|path| path.extension().is_some_and(|e| e == "yaml"))
         .collect();
-    assert!(configs.len() >= 2, "{configs:?}");
+    assert!(configs.len() >= 3, "{configs:?}");
     let scratch = TempDir::new("validate");
     let dir = scratch.path();
-    std::fs::create_dir_all(dir.join("tls")).unwrap();
-    let made = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=localhost",
-        ])
-        .arg("-keyout")
-        .arg(dir.join("tls/key.pem"))
-        .arg("-out")
-        .arg(dir.join("tls/cert.pem"))
-        .stderr(Stdio::null())
+    // The certificates `make run` and `make certs` make.
+    let made = Command::new(repo_root().join("envoy-test/mesh-pki.sh"))
+        .arg(dir)
         .status()
         .unwrap();
     assert!(made.success());
@@ -442,8 +591,8 @@ fn every_envoy_config_in_the_repo_validates() {
                 &format!("filename: {}", module_path().display()),
             )
             .replace(
-                "filename: envoy-test/run/tls/",
-                &format!("filename: {}/tls/", dir.display()),
+                "filename: envoy-test/run/",
+                &format!("filename: {}/", dir.display()),
             );
         let rendered = dir.join(config.file_name().unwrap());
         std::fs::write(&rendered, text).unwrap();
