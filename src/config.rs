@@ -9,6 +9,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde::Deserialize;
 
+use crate::access::{AccessPolicy, AddressSet, DEFAULT_DENY_STATUS, MAX_ACCESS_ENTRIES};
 use crate::identity::{IdentityPattern, TrustedIdentities, MAX_TRUSTED_IDENTITIES};
 
 /// The most X-Forwarded-For entries looked at per request, counted from the
@@ -104,6 +105,7 @@ pub struct FilterConfig {
     /// Lower-case header name, or `None` when the header is turned off.
     pub client_ip_header: Option<String>,
     pub trust: TrustPolicy,
+    pub access: AccessPolicy,
 }
 
 impl Default for FilterConfig {
@@ -113,6 +115,7 @@ impl Default for FilterConfig {
             forwarded_mode: ForwardedMode::default(),
             client_ip_header: Some(DEFAULT_CLIENT_IP_HEADER.to_owned()),
             trust: TrustPolicy::default(),
+            access: AccessPolicy::default(),
         }
     }
 }
@@ -154,6 +157,13 @@ struct RawFilterConfig {
     trusted_hops: u32,
     #[serde(default)]
     trusted_identities: Vec<String>,
+    #[serde(default)]
+    allow_clients: Vec<String>,
+    #[serde(default)]
+    deny_clients: Vec<String>,
+    #[serde(default)]
+    access_dry_run: bool,
+    deny_status: Option<u16>,
 }
 
 /// The network filter records the peer and takes no settings.
@@ -173,28 +183,8 @@ impl FilterConfig {
             Some(name) if name.is_empty() => None,
             Some(name) => Some(check_header_name(&name)?),
         };
-        if raw.trusted_proxies.len() > MAX_TRUSTED_PROXIES {
-            return Err(ConfigError::new(
-                "trusted_proxies",
-                format!(
-                    "{} entries, at most {MAX_TRUSTED_PROXIES} are allowed",
-                    raw.trusted_proxies.len()
-                ),
-            ));
-        }
-        let trusted_proxies = raw
-            .trusted_proxies
-            .iter()
-            .enumerate()
-            .map(|(index, text)| {
-                parse_trusted_proxy(text).ok_or_else(|| {
-                    ConfigError::new(
-                        format!("trusted_proxies[{index}]"),
-                        format!("{text:?} is not an IP address or CIDR"),
-                    )
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let trusted_proxies =
+            parse_net_list("trusted_proxies", &raw.trusted_proxies, MAX_TRUSTED_PROXIES)?;
         let trusted_hops = usize::try_from(raw.trusted_hops).unwrap_or(usize::MAX);
         if trusted_hops > MAX_FORWARDED_ENTRIES {
             return Err(ConfigError::new(
@@ -213,6 +203,30 @@ impl FilterConfig {
                 ),
             ));
         }
+        let deny_status = match raw.deny_status {
+            None => DEFAULT_DENY_STATUS,
+            Some(status @ 200..=599) => status,
+            Some(status) => {
+                return Err(ConfigError::new(
+                    "deny_status",
+                    format!("{status} is not an HTTP status from 200 to 599"),
+                ))
+            }
+        };
+        let access = AccessPolicy {
+            allow: AddressSet::new(&parse_net_list(
+                "allow_clients",
+                &raw.allow_clients,
+                MAX_ACCESS_ENTRIES,
+            )?),
+            deny: AddressSet::new(&parse_net_list(
+                "deny_clients",
+                &raw.deny_clients,
+                MAX_ACCESS_ENTRIES,
+            )?),
+            dry_run: raw.access_dry_run,
+            deny_status,
+        };
         Ok(FilterConfig {
             xff_mode: raw.xff_mode,
             forwarded_mode: raw.forwarded_mode,
@@ -222,6 +236,7 @@ impl FilterConfig {
                 trusted_hops,
                 trusted_identities,
             },
+            access,
         })
     }
 
@@ -291,9 +306,32 @@ fn parse_trusted_identities(entries: &[String]) -> Result<TrustedIdentities, Con
         .map(TrustedIdentities::new)
 }
 
+/// A list of addresses and CIDRs, at most `cap` of them; an error names the
+/// entry.
+fn parse_net_list(field: &str, entries: &[String], cap: usize) -> Result<Vec<IpNet>, ConfigError> {
+    if entries.len() > cap {
+        return Err(ConfigError::new(
+            field,
+            format!("{} entries, at most {cap} are allowed", entries.len()),
+        ));
+    }
+    entries
+        .iter()
+        .enumerate()
+        .map(|(index, text)| {
+            parse_net(text).ok_or_else(|| {
+                ConfigError::new(
+                    format!("{field}[{index}]"),
+                    format!("{text:?} is not an IP address or CIDR"),
+                )
+            })
+        })
+        .collect()
+}
+
 /// An address is a one-address range. Ranges written with host bits set are
 /// taken as their network, as Envoy's own CIDR ranges are.
-fn parse_trusted_proxy(text: &str) -> Option<IpNet> {
+fn parse_net(text: &str) -> Option<IpNet> {
     let net = match text.parse::<IpAddr>() {
         Ok(ip) => IpNet::from(ip),
         Err(_) => text.parse::<IpNet>().ok()?.trunc(),
@@ -436,6 +474,17 @@ mod tests {
             ),
             (r#"{"trusted_hop":1}"#, "trusted_hop", "unknown field"),
             (
+                r#"{"allow_clients":["10.0.0.0/8","10.0.0.0/33"]}"#,
+                "allow_clients[1]",
+                "10.0.0.0/33",
+            ),
+            (r#"{"deny_clients":[""]}"#, "deny_clients[0]", "\"\""),
+            (r#"{"deny_clients":"6.6.6.6"}"#, "deny_clients", "6.6.6.6"),
+            (r#"{"deny_status":199}"#, "deny_status", "199"),
+            (r#"{"deny_status":600}"#, "deny_status", "600"),
+            (r#"{"deny_status":70000}"#, "deny_status", "70000"),
+            (r#"{"access_dry_run":"yes"}"#, "access_dry_run", "yes"),
+            (
                 r#"{"trusted_identities":["cluster.local/ns/a/sa/b",""]}"#,
                 "trusted_identities[1]",
                 "\"\" is empty",
@@ -481,6 +530,28 @@ mod tests {
             .collect();
         let error = refused(&format!("{{\"trusted_proxies\":[{}]}}", list.join(",")));
         assert_eq!(error.field, "trusted_proxies");
+    }
+
+    #[test]
+    fn reads_the_access_lists() {
+        let config = FilterConfig::from_json(
+            br#"{"allow_clients":["10.0.0.0/8","2001:db8::1"],"deny_clients":["10.6.6.6","::ffff:10.7.0.0/112"],
+                 "access_dry_run":true,"deny_status":429}"#,
+        )
+        .unwrap();
+        let access = &config.access;
+        assert!(access.allow.contains("10.1.2.3".parse().unwrap()));
+        assert!(access.allow.contains("2001:db8::1".parse().unwrap()));
+        assert!(access.deny.contains("10.7.1.1".parse().unwrap()));
+        assert!(access.dry_run);
+        assert_eq!(access.deny_status, 429);
+        assert_eq!(FilterConfig::default().access.deny_status, 403);
+        let list: Vec<String> = (0..=crate::access::MAX_ACCESS_ENTRIES)
+            .map(|i| format!("\"10.{}.{}.0/24\"", i / 256, i % 256))
+            .collect();
+        let error = refused(&format!("{{\"deny_clients\":[{}]}}", list.join(",")));
+        assert_eq!(error.field, "deny_clients");
+        assert!(error.problem.contains("4097 entries"), "{error}");
     }
 
     #[test]

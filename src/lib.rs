@@ -2,7 +2,8 @@
 //! client really is.
 //!
 //! The crate has two halves:
-//! - host-independent logic, with no proxy-wasm types: [`address`] (parsing
+//! - host-independent logic, with no proxy-wasm types: [`access`] (access
+//!   control on the client), [`address`] (parsing
 //!   and normalising addresses), [`config`] (the plugin JSON), [`identity`]
 //!   (matching the peer's mTLS identity), [`resolve`] (who the client is) and
 //!   [`rewrite`] (what the request carries on);
@@ -23,6 +24,7 @@
     )
 )]
 
+pub mod access;
 pub mod address;
 pub mod config;
 pub mod identity;

@@ -4,6 +4,7 @@
 
 use std::net::IpAddr;
 
+use client_ip::access::{AccessPolicy, AddressSet, Decision};
 use client_ip::address::{parse_forwarded_entry, parse_host_port, parse_socket_peer, IpText};
 use client_ip::config::{FilterConfig, TrustPolicy, XffMode};
 use client_ip::identity::{IdentityPattern, TrustedIdentities};
@@ -160,5 +161,28 @@ proptest! {
         let HeaderEdit::Set(value) = edit else { panic!("append with a known peer must set the header") };
         let last = value.rsplit(|&b| b == b',').next().unwrap();
         prop_assert_eq!(parse_forwarded_entry(last), Some(peer));
+    }
+
+    #[test]
+    fn access_lists_agree_with_a_plain_scan(
+        allow in prop::collection::vec((any::<[u8; 4]>(), 0u8..=32), 0..6),
+        deny in prop::collection::vec((any::<[u8; 4]>(), 0u8..=32), 0..6),
+        client in prop::option::of(any::<[u8; 4]>().prop_map(IpAddr::from)),
+        dry_run in any::<bool>(),
+    ) {
+        let nets = |raw: &[([u8; 4], u8)]| -> Vec<ipnet::IpNet> {
+            raw.iter().map(|&(o, p)| ipnet::Ipv4Net::new(o.into(), p).unwrap().trunc().into()).collect()
+        };
+        let (allow, deny) = (nets(&allow), nets(&deny));
+        let in_list = |list: &[ipnet::IpNet]| client.is_some_and(|c| list.iter().any(|n| n.contains(&c)));
+        let policy = AccessPolicy { allow: AddressSet::new(&allow), deny: AddressSet::new(&deny), dry_run, ..AccessPolicy::default() };
+        let refused = in_list(&deny) || (!allow.is_empty() && !in_list(&allow));
+        let decision = policy.decide(client);
+        match decision {
+            Decision::Denied(_) => prop_assert!(refused && !dry_run),
+            Decision::WouldDeny(_) => prop_assert!(refused && dry_run),
+            Decision::AllowedByList => prop_assert!(!refused && in_list(&allow)),
+            Decision::Allowed => prop_assert!(!refused && allow.is_empty()),
+        }
     }
 }

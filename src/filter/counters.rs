@@ -8,13 +8,16 @@ use std::cell::Cell;
 use super::host;
 
 /// Stat names, in the order [`Tally::take`] returns them.
-pub const NAMES: [&str; 6] = [
+pub const NAMES: [&str; 9] = [
     "client_ip.requests",
     "client_ip.client_from_trusted",
     "client_ip.forged_header_replaced",
     "client_ip.invalid_xff_entries",
     "client_ip.peer_unknown",
     "client_ip.peer_trusted_by_identity",
+    "client_ip.allowed_by_list",
+    "client_ip.denied",
+    "client_ip.dry_run_denied",
 ];
 
 /// Counts not yet handed to Envoy.
@@ -32,6 +35,12 @@ pub struct Tally {
     pub peer_unknown: Cell<u64>,
     /// Requests whose peer was trusted by its mTLS identity.
     pub peer_trusted_by_identity: Cell<u64>,
+    /// Requests served because `allow_clients` lists their client.
+    pub allowed_by_list: Cell<u64>,
+    /// Requests denied by the access lists.
+    pub denied: Cell<u64>,
+    /// Requests the access lists would have denied, in a dry run.
+    pub dry_run_denied: Cell<u64>,
 }
 
 pub fn bump(cell: &Cell<u64>, by: u64) {
@@ -47,6 +56,9 @@ impl Tally {
             self.invalid_xff_entries.take(),
             self.peer_unknown.take(),
             self.peer_trusted_by_identity.take(),
+            self.allowed_by_list.take(),
+            self.denied.take(),
+            self.dry_run_denied.take(),
         ]
     }
 }

@@ -77,6 +77,16 @@ extern "C" {
     fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
     fn proxy_record_metric(metric_id: u32, value: u64) -> u32;
     fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
+    fn proxy_send_local_response(
+        status_code: u32,
+        status_code_details_data: *const u8,
+        status_code_details_size: usize,
+        body_data: *const u8,
+        body_size: usize,
+        additional_headers_map_data: *const u8,
+        additional_headers_size: usize,
+        grpc_status: i32,
+    ) -> u32;
 }
 
 fn check(status: u32) -> Result<(), Status> {
@@ -186,4 +196,50 @@ pub fn increment_counter(id: u32, by: u64) -> Result<(), Status> {
 pub fn set_tick_period_milliseconds(period: u32) -> Result<(), Status> {
     // SAFETY: plain value.
     check(unsafe { proxy_set_tick_period_milliseconds(period) })
+}
+
+/// Headers serialised as proxy-wasm expects a header map: the pair count,
+/// each pair's two lengths, then each name and value followed by a NUL.
+/// Built once, when the plugin is configured.
+pub fn serialize_headers(pairs: &[(&str, &str)]) -> Vec<u8> {
+    let len = |n: usize| u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes();
+    let mut out = Vec::new();
+    out.extend_from_slice(&len(pairs.len()));
+    for (name, value) in pairs {
+        out.extend_from_slice(&len(name.len()));
+        out.extend_from_slice(&len(value.len()));
+    }
+    for (name, value) in pairs {
+        for text in [name, value] {
+            out.extend_from_slice(text.as_bytes());
+            out.push(0);
+        }
+    }
+    out
+}
+
+/// Answers the request from the filter; it goes no further upstream.
+/// `headers` comes from [`serialize_headers`]. `details` shows in Envoy's
+/// `%RESPONSE_CODE_DETAILS%` and must hold no spaces.
+pub fn send_local_response(
+    status: u16,
+    details: &str,
+    body: &[u8],
+    headers: &[u8],
+) -> Result<(), Status> {
+    // No gRPC status: Envoy derives one from the HTTP status for gRPC callers.
+    const NO_GRPC_STATUS: i32 = -1;
+    // SAFETY: pointers and lengths come from live slices.
+    check(unsafe {
+        proxy_send_local_response(
+            u32::from(status),
+            details.as_ptr(),
+            details.len(),
+            body.as_ptr(),
+            body.len(),
+            headers.as_ptr(),
+            headers.len(),
+            NO_GRPC_STATUS,
+        )
+    })
 }

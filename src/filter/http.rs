@@ -9,6 +9,7 @@ use proxy_wasm::types::Action;
 
 use super::counters::{bump, Tally};
 use super::host::{self, path};
+use crate::access::Decision;
 use crate::address::{parse_forwarded_entry, parse_socket_peer, IpText};
 use crate::config::FilterConfig;
 use crate::resolve::{resolve_client, ClientOrigin};
@@ -16,6 +17,9 @@ use crate::rewrite::{forwarded_edit, forwarded_for_edit, strip_envoy_append, Hea
 
 const X_FORWARDED_FOR: &str = "x-forwarded-for";
 const FORWARDED: &str = "forwarded";
+/// A denial's body, and its `%RESPONSE_CODE_DETAILS%` in access logs.
+const DENY_BODY: &[u8] = b"client address not allowed\n";
+const DENY_DETAILS: &str = "client_ip_denied";
 
 /// What every stream of one configured root shares.
 pub struct HttpShared {
@@ -23,6 +27,8 @@ pub struct HttpShared {
     pub tally: Tally,
     /// Reused for the new X-Forwarded-For value, so requests do not allocate.
     scratch: RefCell<Vec<u8>>,
+    /// The denial's headers, serialised once.
+    deny_headers: Vec<u8>,
 }
 
 impl HttpShared {
@@ -31,10 +37,11 @@ impl HttpShared {
             config,
             tally: Tally::default(),
             scratch: RefCell::new(Vec::with_capacity(256)),
+            deny_headers: host::serialize_headers(&[("content-type", "text/plain")]),
         }
     }
 
-    fn serve_request(&self) {
+    fn serve_request(&self) -> Action {
         let tally = &self.tally;
         bump(&tally.requests, 1);
         let peer = read_peer();
@@ -70,6 +77,30 @@ impl HttpShared {
         }
         let client = resolution.client.map(IpText::new);
 
+        match self.config.access.decide(resolution.client) {
+            Decision::Allowed => {}
+            Decision::AllowedByList => bump(&tally.allowed_by_list, 1),
+            Decision::WouldDeny(reason) => {
+                bump(&tally.dry_run_denied, 1);
+                log::debug!(
+                    "dry run: would deny client {} ({})",
+                    shown(client.as_ref()),
+                    reason.as_str()
+                );
+            }
+            Decision::Denied(reason) => {
+                bump(&tally.denied, 1);
+                log::debug!(
+                    "denied client {} ({})",
+                    shown(client.as_ref()),
+                    reason.as_str()
+                );
+                publish_client(client.as_ref());
+                self.deny();
+                return Action::Pause;
+            }
+        }
+
         if let Some(header) = &self.config.client_ip_header {
             self.write_client_header(header, client.as_ref());
         }
@@ -79,11 +110,18 @@ impl HttpShared {
             peer,
             client.as_ref(),
         );
-        if let Some(client) = &client {
-            logged(
-                "filter state",
-                host::set_property(path::CLIENT_IP, client.as_bytes()),
-            );
+        publish_client(client.as_ref());
+        Action::Continue
+    }
+
+    /// Answers a denied request; it never reaches the application. Should
+    /// Envoy refuse the reply, the request stays paused rather than go on.
+    fn deny(&self) {
+        let status = self.config.access.deny_status;
+        if let Err(status_code) =
+            host::send_local_response(status, DENY_DETAILS, DENY_BODY, &self.deny_headers)
+        {
+            log::warn!("denial not answered (host status {status_code}); the request is held");
         }
     }
 
@@ -130,6 +168,22 @@ impl HttpShared {
             Err(_) => write(&mut Vec::new()),
         }
     }
+}
+
+/// The client as filter state `wasm.client_ip`, for access logs and other
+/// filters.
+fn publish_client(client: Option<&IpText>) {
+    if let Some(client) = client {
+        logged(
+            "filter state",
+            host::set_property(path::CLIENT_IP, client.as_bytes()),
+        );
+    }
+}
+
+/// The client as a log line shows it.
+fn shown(client: Option<&IpText>) -> &str {
+    client.map_or("unknown", IpText::as_str)
 }
 
 fn apply(header: &str, edit: HeaderEdit) {
@@ -181,7 +235,7 @@ impl Context for ClientIpStream {}
 impl HttpContext for ClientIpStream {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         match &self.shared {
-            Some(shared) => shared.serve_request(),
+            Some(shared) => return shared.serve_request(),
             // Envoy creates no stream for a root whose configuration failed;
             // were it to, the forgeable header must still not pass.
             None => {
