@@ -14,10 +14,11 @@ pub const MAX_ACCESS_ENTRIES: usize = 4096;
 
 pub const DEFAULT_DENY_STATUS: u16 = 403;
 
-/// A set of addresses: IPv4 and IPv6 ranges, sorted and merged.
+/// A set of addresses: IPv4 and IPv6 ranges, sorted and merged. Both
+/// families are kept as 128-bit numbers, which keeps one copy of the code.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AddressSet {
-    v4: Vec<(u32, u32)>,
+    v4: Vec<(u128, u128)>,
     v6: Vec<(u128, u128)>,
 }
 
@@ -29,7 +30,10 @@ impl AddressSet {
         let mut v6 = Vec::new();
         for net in nets {
             match net {
-                IpNet::V4(net) => v4.push((u32::from(net.network()), u32::from(net.broadcast()))),
+                IpNet::V4(net) => v4.push((
+                    u128::from(u32::from(net.network())),
+                    u128::from(u32::from(net.broadcast())),
+                )),
                 IpNet::V6(net) => v6.push((u128::from(net.network()), u128::from(net.broadcast()))),
             }
         }
@@ -45,19 +49,19 @@ impl AddressSet {
 
     pub fn contains(&self, ip: IpAddr) -> bool {
         match ip {
-            IpAddr::V4(ip) => in_ranges(&self.v4, u32::from(ip)),
+            IpAddr::V4(ip) => in_ranges(&self.v4, u128::from(u32::from(ip))),
             IpAddr::V6(ip) => in_ranges(&self.v6, u128::from(ip)),
         }
     }
 }
 
 /// Sorts ranges and merges those that overlap or touch.
-fn merged<T: Ord + Copy + CheckedNext>(mut ranges: Vec<(T, T)>) -> Vec<(T, T)> {
-    ranges.sort_unstable();
-    let mut out: Vec<(T, T)> = Vec::with_capacity(ranges.len());
+fn merged(mut ranges: Vec<(u128, u128)>) -> Vec<(u128, u128)> {
+    heap_sort(&mut ranges);
+    let mut out: Vec<(u128, u128)> = Vec::with_capacity(ranges.len());
     for (start, end) in ranges {
         match out.last_mut() {
-            Some(last) if last.1.checked_next().map_or(true, |next| start <= next) => {
+            Some(last) if last.1.checked_add(1).map_or(true, |next| start <= next) => {
                 last.1 = last.1.max(end);
             }
             _ => out.push((start, end)),
@@ -67,23 +71,37 @@ fn merged<T: Ord + Copy + CheckedNext>(mut ranges: Vec<(T, T)>) -> Vec<(T, T)> {
     out
 }
 
-trait CheckedNext: Sized {
-    fn checked_next(self) -> Option<Self>;
-}
-
-impl CheckedNext for u32 {
-    fn checked_next(self) -> Option<Self> {
-        self.checked_add(1)
+/// An in-place heap sort: the standard library's sorts would add several
+/// KiB of code to the module for this one use at configuration time.
+fn heap_sort(items: &mut [(u128, u128)]) {
+    fn sift_down(items: &mut [(u128, u128)], mut root: usize, end: usize) {
+        loop {
+            let mut child = root.saturating_mul(2).saturating_add(1);
+            if child >= end {
+                return;
+            }
+            let right = child.saturating_add(1);
+            if right < end && items.get(child) < items.get(right) {
+                child = right;
+            }
+            if items.get(root) >= items.get(child) {
+                return;
+            }
+            items.swap(root, child);
+            root = child;
+        }
+    }
+    let len = items.len();
+    for root in (0..len / 2).rev() {
+        sift_down(items, root, len);
+    }
+    for end in (1..len).rev() {
+        items.swap(0, end);
+        sift_down(items, 0, end);
     }
 }
 
-impl CheckedNext for u128 {
-    fn checked_next(self) -> Option<Self> {
-        self.checked_add(1)
-    }
-}
-
-fn in_ranges<T: Ord + Copy>(ranges: &[(T, T)], ip: T) -> bool {
+fn in_ranges(ranges: &[(u128, u128)], ip: u128) -> bool {
     // The last range starting at or before the address is the only candidate.
     let after = ranges.partition_point(|&(start, _)| start <= ip);
     after
@@ -238,6 +256,16 @@ mod tests {
             dry_run,
             ..AccessPolicy::default()
         }
+    }
+
+    #[test]
+    fn the_heap_sort_sorts() {
+        let mut items: Vec<(u128, u128)> = (0..200u128).map(|i| ((i * 7919) % 211, i)).collect();
+        let mut expected = items.clone();
+        expected.sort_unstable();
+        heap_sort(&mut items);
+        assert_eq!(items, expected);
+        heap_sort(&mut []);
     }
 
     #[test]
