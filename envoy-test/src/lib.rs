@@ -284,7 +284,8 @@ pub fn access_log(path: &Path) -> Value {
                 "client_ip": "%FILTER_STATE(wasm.client_ip:PLAIN)%",
                 "client_ip_peer": "%FILTER_STATE(wasm.client_ip_peer:PLAIN)%",
                 "path": "%REQ(:PATH)%",
-                "response_code": "%RESPONSE_CODE%"
+                "response_code": "%RESPONSE_CODE%",
+                "response_code_details": "%RESPONSE_CODE_DETAILS%"
             }}
         }
     }])

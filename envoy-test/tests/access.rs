@@ -46,6 +46,7 @@ fn a_denied_client_never_reaches_the_application() {
         .find(|entry| entry["response_code"] == 403)
         .unwrap_or_else(|| panic!("no 403 in {log:?}"));
     assert_eq!(denial["client_ip"], "127.0.0.66");
+    assert_eq!(denial["response_code_details"], "client_ip_denied");
     envoy.assert_no_vm_crash();
 }
 
