@@ -26,7 +26,7 @@ KEEP_EXPORTS := memory _initialize proxy_abi_version_0_2_1 proxy_on_memory_alloc
 	proxy_on_new_connection proxy_on_request_headers proxy_on_delete
 
 RUST_SOURCES := Cargo.toml Cargo.lock $(shell find src -name '*.rs')
-APT_PACKAGES := binaryen buildah curl docker-registry openssl wabt wrk
+APT_PACKAGES := binaryen buildah curl docker-registry haproxy openssl wabt wrk
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
 .PHONY: build image push bench fuzz soak run certs test test-fuzz test-unit test-wasm test-envoy test-manifests lint deps deps-apt deps-venv clean
@@ -145,12 +145,12 @@ endif
 	@echo "WasmPlugin: url: oci://$(IMAGE)  sha256: $$(cut -d: -f2 build/image.digest)"
 
 # ---------------------------------------------------------------- fuzz
-# cargo-fuzz (libFuzzer, nightly) on the address parser, the config parser,
+# cargo-fuzz (libFuzzer, nightly) on the address and Forwarded parsers, the config parser,
 # identity matching, access lists and whole resolution; FUZZ_SECONDS per target. New inputs go to
 # build/fuzz/; the seeds in fuzz/corpus/ are only read. A crash fails the
 # run and leaves its input in build/fuzz/artifacts/.
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := forwarded_entry plugin_config resolution peer_identity access_lists
+FUZZ_TARGETS := forwarded_entry forwarded_header plugin_config resolution peer_identity access_lists
 fuzz:
 	@rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
 	@cargo +nightly fuzz --version >/dev/null 2>&1 || cargo +nightly install --quiet cargo-fuzz
@@ -181,7 +181,7 @@ bench: $(MODULE) deps-venv | deps-apt
 	ENVOY_BIN=$(abspath $(ENVOY)) PLUGIN_WASM=$(abspath $(MODULE)) $(VENV)/bin/python envoy-test/bench.py
 
 # ---------------------------------------------------------------- demo
-run: $(MODULE) deps-venv
+run: $(MODULE) deps-venv | deps-apt
 	envoy-test/mesh.sh
 
 # A fresh mesh CA, the workloads' SPIFFE certificates and the gateway's HTTPS

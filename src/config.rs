@@ -79,6 +79,34 @@ impl TryFrom<String> for ForwardedMode {
     }
 }
 
+/// The request header a trusted peer names the client in.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum ClientIpSource {
+    /// `X-Forwarded-For`, walked from the right.
+    #[default]
+    XForwardedFor,
+    /// RFC 7239 `Forwarded`, its `for=` nodes walked from the right.
+    Forwarded,
+    /// A header that carries one address (`cf-connecting-ip`,
+    /// `true-client-ip`, `x-envoy-external-address`...), lower-case.
+    Header(String),
+}
+
+impl ClientIpSource {
+    pub fn header_name(&self) -> &str {
+        match self {
+            ClientIpSource::XForwardedFor => "x-forwarded-for",
+            ClientIpSource::Forwarded => "forwarded",
+            ClientIpSource::Header(name) => name,
+        }
+    }
+
+    /// Whether the source is a chain of entries, which `trusted_hops` counts.
+    pub fn is_chain(&self) -> bool {
+        !matches!(self, ClientIpSource::Header(_))
+    }
+}
+
 /// Whom the filter believes when they speak of someone else.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TrustPolicy {
@@ -104,6 +132,8 @@ pub struct FilterConfig {
     pub forwarded_mode: ForwardedMode,
     /// Lower-case header name, or `None` when the header is turned off.
     pub client_ip_header: Option<String>,
+    /// Where a trusted peer names the client.
+    pub source: ClientIpSource,
     pub trust: TrustPolicy,
     pub access: AccessPolicy,
 }
@@ -114,6 +144,7 @@ impl Default for FilterConfig {
             xff_mode: XffMode::default(),
             forwarded_mode: ForwardedMode::default(),
             client_ip_header: Some(DEFAULT_CLIENT_IP_HEADER.to_owned()),
+            source: ClientIpSource::default(),
             trust: TrustPolicy::default(),
             access: AccessPolicy::default(),
         }
@@ -151,6 +182,7 @@ struct RawFilterConfig {
     #[serde(default)]
     forwarded_mode: ForwardedMode,
     client_ip_header: Option<String>,
+    client_ip_source: Option<String>,
     #[serde(default)]
     trusted_proxies: Vec<String>,
     #[serde(default)]
@@ -181,7 +213,21 @@ impl FilterConfig {
         let client_ip_header = match raw.client_ip_header {
             None => Some(DEFAULT_CLIENT_IP_HEADER.to_owned()),
             Some(name) if name.is_empty() => None,
-            Some(name) => Some(check_header_name(&name)?),
+            Some(name) => Some(check_header_name(
+                "client_ip_header",
+                &name,
+                RESERVED_HEADERS,
+            )?),
+        };
+        let source = match raw.client_ip_source {
+            None => ClientIpSource::default(),
+            Some(name) => {
+                match check_header_name("client_ip_source", &name, UNREADABLE_SOURCES)?.as_str() {
+                    "x-forwarded-for" => ClientIpSource::XForwardedFor,
+                    "forwarded" => ClientIpSource::Forwarded,
+                    header => ClientIpSource::Header(header.to_owned()),
+                }
+            }
         };
         let trusted_proxies =
             parse_net_list("trusted_proxies", &raw.trusted_proxies, MAX_TRUSTED_PROXIES)?;
@@ -191,6 +237,15 @@ impl FilterConfig {
                 "trusted_hops",
                 format!(
                     "{trusted_hops} is above {MAX_FORWARDED_ENTRIES}, the most X-Forwarded-For entries looked at"
+                ),
+            ));
+        }
+        if trusted_hops > 0 && !source.is_chain() {
+            return Err(ConfigError::new(
+                "trusted_hops",
+                format!(
+                    "{trusted_hops} cannot be combined with client_ip_source {:?}: hops count the entries of a chain (x-forwarded-for or forwarded), and that header holds one address",
+                    source.header_name()
                 ),
             ));
         }
@@ -231,6 +286,7 @@ impl FilterConfig {
             xff_mode: raw.xff_mode,
             forwarded_mode: raw.forwarded_mode,
             client_ip_header,
+            source,
             trust: TrustPolicy {
                 trusted_proxies,
                 trusted_hops,
@@ -368,18 +424,29 @@ const RESERVED_HEADERS: &[&str] = &[
     "te",
 ];
 
-fn check_header_name(name: &str) -> Result<String, ConfigError> {
+/// Headers that never carry a client address.
+const UNREADABLE_SOURCES: &[&str] = &[
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "te",
+];
+
+fn check_header_name(field: &str, name: &str, reserved: &[&str]) -> Result<String, ConfigError> {
     let is_token_byte = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
-    if !name.bytes().all(is_token_byte) {
+    if name.is_empty() || !name.bytes().all(is_token_byte) {
         return Err(ConfigError::new(
-            "client_ip_header",
+            field,
             format!("{name:?} is not a valid HTTP header name"),
         ));
     }
     let lower = name.to_ascii_lowercase();
-    if RESERVED_HEADERS.contains(&lower.as_str()) {
+    if reserved.contains(&lower.as_str()) {
         return Err(ConfigError::new(
-            "client_ip_header",
+            field,
             format!("{name:?} is reserved; choose a header of its own such as \"x-real-ip\""),
         ));
     }
@@ -484,6 +551,18 @@ mod tests {
             (r#"{"deny_status":600}"#, "deny_status", "600"),
             (r#"{"deny_status":70000}"#, "deny_status", "70000"),
             (r#"{"access_dry_run":"yes"}"#, "access_dry_run", "yes"),
+            (r#"{"client_ip_source":""}"#, "client_ip_source", "\"\""),
+            (
+                r#"{"client_ip_source":"cf connecting ip"}"#,
+                "client_ip_source",
+                "cf connecting ip",
+            ),
+            (r#"{"client_ip_source":"Host"}"#, "client_ip_source", "Host"),
+            (
+                r#"{"client_ip_source":"cf-connecting-ip","trusted_hops":1}"#,
+                "trusted_hops",
+                "\"cf-connecting-ip\"",
+            ),
             (
                 r#"{"trusted_identities":["cluster.local/ns/a/sa/b",""]}"#,
                 "trusted_identities[1]",
@@ -530,6 +609,33 @@ mod tests {
             .collect();
         let error = refused(&format!("{{\"trusted_proxies\":[{}]}}", list.join(",")));
         assert_eq!(error.field, "trusted_proxies");
+    }
+
+    #[test]
+    fn reads_the_client_source() {
+        let source = |json: &str| FilterConfig::from_json(json.as_bytes()).unwrap().source;
+        assert_eq!(source("{}"), ClientIpSource::XForwardedFor);
+        assert_eq!(
+            source(r#"{"client_ip_source":"X-Forwarded-For"}"#),
+            ClientIpSource::XForwardedFor
+        );
+        assert_eq!(
+            source(r#"{"client_ip_source":"Forwarded"}"#),
+            ClientIpSource::Forwarded
+        );
+        assert_eq!(
+            source(r#"{"client_ip_source":"CF-Connecting-IP"}"#),
+            ClientIpSource::Header("cf-connecting-ip".to_owned())
+        );
+        // The source may be the header the filter then writes: a trusted
+        // proxy's X-Real-IP is read, then replaced with the resolved client.
+        assert_eq!(
+            source(r#"{"client_ip_source":"x-real-ip"}"#),
+            ClientIpSource::Header("x-real-ip".to_owned())
+        );
+        let hops = FilterConfig::from_json(br#"{"client_ip_source":"forwarded","trusted_hops":2}"#)
+            .unwrap();
+        assert_eq!(hops.trust.trusted_hops, 2);
     }
 
     #[test]

@@ -27,6 +27,7 @@
 pub mod access;
 pub mod address;
 pub mod config;
+pub mod forwarded;
 pub mod identity;
 pub mod resolve;
 pub mod rewrite;

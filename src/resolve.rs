@@ -19,17 +19,19 @@
 use std::net::IpAddr;
 
 use crate::address::parse_forwarded_entry;
-use crate::config::TrustPolicy;
 pub use crate::config::MAX_FORWARDED_ENTRIES;
+use crate::config::{ClientIpSource, TrustPolicy};
+use crate::forwarded::{for_nodes_from_right, ForNodes};
 
 /// Where the client address came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ClientOrigin {
     /// The downstream peer itself.
     Peer,
-    /// An X-Forwarded-For entry chosen by `trusted_hops`.
+    /// An entry of the client source chosen by `trusted_hops`.
     TrustedHops,
-    /// An X-Forwarded-For entry reached by walking through trusted proxies.
+    /// An entry of the client source reached by walking through trusted
+    /// proxies (or the one address a single-address source holds).
     TrustedProxies,
     /// No address could be vouched for: the peer is unknown and no trusted
     /// hop named anyone.
@@ -41,10 +43,13 @@ pub struct Resolution {
     /// The resolved client, `None` only when the origin is `Unknown`.
     pub client: Option<IpAddr>,
     pub origin: ClientOrigin,
-    /// Invalid X-Forwarded-For entries met on the way.
+    /// Invalid entries of the client source met on the way.
     pub invalid_entries: u32,
     /// The peer was trusted by its identity (its address was not trusted).
     pub peer_trusted_by_identity: bool,
+    /// The source was needed (a trusted peer, or `trusted_hops`) but the
+    /// request did not carry it.
+    pub source_missing: bool,
 }
 
 impl Resolution {
@@ -57,78 +62,153 @@ impl Resolution {
             },
             invalid_entries,
             peer_trusted_by_identity: false,
+            source_missing: false,
+        }
+    }
+
+    fn named(client: IpAddr, origin: ClientOrigin) -> Self {
+        Resolution {
+            client: Some(client),
+            origin,
+            invalid_entries: 0,
+            peer_trusted_by_identity: false,
+            source_missing: false,
         }
     }
 }
 
-/// Entries of an X-Forwarded-For value, rightmost first. Envoy joins repeated
-/// headers into one comma-separated value before filters run.
-fn entries_from_right(forwarded_for: &[u8]) -> impl Iterator<Item = &[u8]> {
-    let present = !forwarded_for.trim_ascii().is_empty();
-    forwarded_for
-        .rsplit(|&b| b == b',')
-        .take(if present { MAX_FORWARDED_ENTRIES } else { 0 })
+/// The entries of the client source, rightmost first, at most
+/// [`MAX_FORWARDED_ENTRIES`]: an address, or `None` for an invalid entry.
+/// One enum rather than three iterator types keeps one copy of the walk. It
+/// lives on the stack for one request; boxing the large variant would
+/// allocate.
+#[allow(clippy::large_enum_variant)]
+enum Entries<'a> {
+    /// X-Forwarded-For, split at commas. Envoy joins repeated headers into
+    /// one comma-separated value before filters run.
+    Chain(XffEntries<'a>),
+    /// The `for=` nodes of a `Forwarded` value.
+    Forwarded(ForNodes<'a>),
+    /// A header that holds one address.
+    Single(Option<&'a [u8]>),
 }
 
-/// Resolves the client. `peer` is the true downstream peer, already
-/// normalised, or `None` when it cannot be known. `peer_identity` reads the
-/// URI SAN of the peer's certificate (`None` without one); it is called at
-/// most once, and only when `trusted_identities` is set and the peer's
-/// address has not already decided, so it costs nothing otherwise.
+type XffEntries<'a> = std::iter::Take<std::slice::RSplit<'a, u8, fn(&u8) -> bool>>;
+
+impl<'a> Entries<'a> {
+    /// `None` when the request does not carry the source (or it is blank).
+    fn of(source: &ClientIpSource, value: Option<&'a [u8]>) -> Option<Entries<'a>> {
+        let value = value.filter(|value| !value.trim_ascii().is_empty())?;
+        Some(match source {
+            ClientIpSource::XForwardedFor => {
+                let comma: fn(&u8) -> bool = |&b| b == b',';
+                Entries::Chain(value.rsplit(comma).take(MAX_FORWARDED_ENTRIES))
+            }
+            ClientIpSource::Forwarded => Entries::Forwarded(for_nodes_from_right(value)),
+            ClientIpSource::Header(_) => Entries::Single(Some(value)),
+        })
+    }
+}
+
+impl Iterator for Entries<'_> {
+    type Item = Option<IpAddr>;
+
+    fn next(&mut self) -> Option<Option<IpAddr>> {
+        match self {
+            Entries::Chain(entries) => entries.next().map(parse_forwarded_entry),
+            Entries::Forwarded(nodes) => nodes.next(),
+            Entries::Single(value) => value.take().map(parse_forwarded_entry),
+        }
+    }
+}
+
+/// Resolves the client from X-Forwarded-For: [`resolve_client_from`] with
+/// the default source.
 pub fn resolve_client<Identity: AsRef<[u8]>>(
     policy: &TrustPolicy,
     peer: Option<IpAddr>,
     peer_identity: impl FnOnce() -> Option<Identity>,
     forwarded_for: Option<&[u8]>,
 ) -> Resolution {
-    let forwarded_for = forwarded_for.unwrap_or_default();
-    if policy.trusted_hops > 0 {
-        return by_trusted_hops(policy.trusted_hops, peer, forwarded_for);
-    }
-    if peer.is_some_and(|peer| policy.is_trusted(peer)) {
-        return by_trusted_walk(policy, peer, forwarded_for);
-    }
-    let trusted_by_identity = !policy.trusted_identities.is_empty()
-        && peer_identity().is_some_and(|san| policy.trusted_identities.trust(san.as_ref()));
-    if trusted_by_identity {
-        return Resolution {
-            peer_trusted_by_identity: true,
-            ..by_trusted_walk(policy, peer, forwarded_for)
-        };
-    }
-    Resolution::from_peer(peer, 0)
+    resolve_client_from(
+        policy,
+        peer,
+        peer_identity,
+        &ClientIpSource::XForwardedFor,
+        || forwarded_for,
+    )
 }
 
-fn by_trusted_hops(hops: usize, peer: Option<IpAddr>, forwarded_for: &[u8]) -> Resolution {
-    let Some(entry) = entries_from_right(forwarded_for).nth(hops.saturating_sub(1)) else {
+/// Resolves the client. `peer` is the true downstream peer, already
+/// normalised, or `None` when it cannot be known. `peer_identity` reads the
+/// URI SAN of the peer's certificate (`None` without one); it is called at
+/// most once, and only when `trusted_identities` is set and the peer's
+/// address has not already decided, so it costs nothing otherwise. `value`
+/// reads the request's `source` header; it too is called at most once, and
+/// only for a trusted peer or `trusted_hops`: an untrusted peer's headers are
+/// never read.
+pub fn resolve_client_from<Identity: AsRef<[u8]>, Value: AsRef<[u8]>>(
+    policy: &TrustPolicy,
+    peer: Option<IpAddr>,
+    peer_identity: impl FnOnce() -> Option<Identity>,
+    source: &ClientIpSource,
+    value: impl FnOnce() -> Option<Value>,
+) -> Resolution {
+    if policy.trusted_hops > 0 {
+        let value = value();
+        let entries = Entries::of(source, value.as_ref().map(AsRef::as_ref));
+        return by_trusted_hops(policy.trusted_hops, peer, entries);
+    }
+    let trusted_by_address = peer.is_some_and(|peer| policy.is_trusted(peer));
+    let trusted_by_identity = !trusted_by_address
+        && !policy.trusted_identities.is_empty()
+        && peer_identity().is_some_and(|san| policy.trusted_identities.trust(san.as_ref()));
+    if !trusted_by_address && !trusted_by_identity {
         return Resolution::from_peer(peer, 0);
+    }
+    let value = value();
+    let entries = Entries::of(source, value.as_ref().map(AsRef::as_ref));
+    Resolution {
+        peer_trusted_by_identity: trusted_by_identity,
+        ..by_trusted_walk(policy, peer, entries)
+    }
+}
+
+fn missing(peer: Option<IpAddr>) -> Resolution {
+    Resolution {
+        source_missing: true,
+        ..Resolution::from_peer(peer, 0)
+    }
+}
+
+fn by_trusted_hops(hops: usize, peer: Option<IpAddr>, entries: Option<Entries>) -> Resolution {
+    let Some(mut entries) = entries else {
+        return missing(peer);
     };
-    match parse_forwarded_entry(entry) {
-        Some(client) => Resolution {
-            client: Some(client),
-            origin: ClientOrigin::TrustedHops,
-            invalid_entries: 0,
-            peer_trusted_by_identity: false,
-        },
-        None => Resolution::from_peer(peer, 1),
+    match entries.nth(hops.saturating_sub(1)) {
+        None => Resolution::from_peer(peer, 0),
+        Some(Some(client)) => Resolution::named(client, ClientOrigin::TrustedHops),
+        Some(None) => Resolution::from_peer(peer, 1),
     }
 }
 
 /// The walk from a trusted peer. The peer's address may be unknown when it is
 /// trusted by identity; then only what it forwarded can name a client.
-fn by_trusted_walk(policy: &TrustPolicy, peer: Option<IpAddr>, forwarded_for: &[u8]) -> Resolution {
+fn by_trusted_walk(
+    policy: &TrustPolicy,
+    peer: Option<IpAddr>,
+    entries: Option<Entries>,
+) -> Resolution {
+    let Some(entries) = entries else {
+        return missing(peer);
+    };
     let mut verified = Resolution::from_peer(peer, 0);
-    for entry in entries_from_right(forwarded_for) {
-        let Some(address) = parse_forwarded_entry(entry) else {
+    for entry in entries {
+        let Some(address) = entry else {
             verified.invalid_entries = 1;
             return verified;
         };
-        verified = Resolution {
-            client: Some(address),
-            origin: ClientOrigin::TrustedProxies,
-            invalid_entries: 0,
-            peer_trusted_by_identity: false,
-        };
+        verified = Resolution::named(address, ClientOrigin::TrustedProxies);
         if !policy.is_trusted(address) {
             return verified;
         }

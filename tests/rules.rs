@@ -11,9 +11,10 @@ use wasm_bindgen_test::wasm_bindgen_test as test;
 use std::net::IpAddr;
 
 use client_ip::address::IpText;
+use client_ip::config::ClientIpSource;
 use client_ip::config::{FilterConfig, ForwardedMode, TrustPolicy, XffMode, MAX_FORWARDED_ENTRIES};
 use client_ip::identity::{IdentityPattern, TrustedIdentities};
-use client_ip::resolve::{resolve_client, ClientOrigin, Resolution};
+use client_ip::resolve::{resolve_client, resolve_client_from, ClientOrigin, Resolution};
 use client_ip::rewrite::{forwarded_edit, forwarded_for_edit, HeaderEdit};
 
 struct Case {
@@ -24,11 +25,14 @@ struct Case {
     peer: Option<&'static str>,
     /// The URI SAN of the peer's certificate.
     identity: Option<&'static str>,
+    /// `client_ip_source`; `xff` is that header's value.
+    source: &'static str,
     xff: Option<&'static str>,
     client: Option<&'static str>,
     origin: ClientOrigin,
     invalid_entries: u32,
     peer_trusted_by_identity: bool,
+    source_missing: bool,
 }
 
 const fn case(name: &'static str) -> Case {
@@ -39,11 +43,13 @@ const fn case(name: &'static str) -> Case {
         trusted_identities: &[],
         peer: Some("127.0.0.5"),
         identity: None,
+        source: "x-forwarded-for",
         xff: None,
         client: Some("127.0.0.5"),
         origin: ClientOrigin::Peer,
         invalid_entries: 0,
         peer_trusted_by_identity: false,
+        source_missing: false,
     }
 }
 
@@ -112,11 +118,13 @@ const CASES: &[Case] = &[
     },
     Case {
         trusted_hops: 1,
+        source_missing: true,
         ..case("hops without XFF fall back to the peer")
     },
     Case {
         trusted_hops: 1,
         xff: Some("  "),
+        source_missing: true,
         ..case("hops with blank XFF fall back to the peer")
     },
     Case {
@@ -254,10 +262,12 @@ const CASES: &[Case] = &[
     Case {
         trusted_proxies: TRUST_LOOPBACK,
         xff: Some(""),
+        source_missing: true,
         ..case("empty XFF from a trusted peer")
     },
     Case {
         trusted_proxies: TRUST_LOOPBACK,
+        source_missing: true,
         ..case("no XFF from a trusted peer")
     },
     Case {
@@ -350,6 +360,101 @@ const CASES: &[Case] = &[
         peer_trusted_by_identity: true,
         ..case("identity trusts a peer whose address is unknown")
     },
+    // Other sources: RFC 7239 Forwarded, walked like X-Forwarded-For.
+    Case {
+        source: "forwarded",
+        trusted_proxies: &["127.0.0.0/8", "10.0.0.0/8"],
+        xff: Some(r#"for=6.6.6.6, For="[2001:db8::7]:4711";proto=https, for=10.1.1.1"#),
+        client: Some("2001:db8::7"),
+        origin: TrustedProxies,
+        ..case("Forwarded: the first untrusted for= from the right")
+    },
+    Case {
+        source: "forwarded",
+        trusted_proxies: TRUST_LOOPBACK,
+        xff: Some("for=9.9.9.9, for=_hidden"),
+        invalid_entries: 1,
+        ..case("Forwarded: an obfuscated node ends the walk")
+    },
+    Case {
+        source: "forwarded",
+        trusted_proxies: TRUST_LOOPBACK,
+        xff: Some("for=9.9.9.9, for=unknown"),
+        invalid_entries: 1,
+        ..case("Forwarded: unknown ends the walk")
+    },
+    Case {
+        source: "forwarded",
+        xff: Some("for=6.6.6.6"),
+        ..case("Forwarded from an untrusted peer is never read")
+    },
+    Case {
+        source: "forwarded",
+        trusted_hops: 2,
+        xff: Some("for=1.1.1.1;proto=http, for=2.2.2.2"),
+        client: Some("1.1.1.1"),
+        origin: TrustedHops,
+        ..case("Forwarded: hops count for= elements")
+    },
+    Case {
+        source: "forwarded",
+        trusted_proxies: TRUST_LOOPBACK,
+        source_missing: true,
+        ..case("Forwarded missing from a trusted peer")
+    },
+    // A header with one address, from a trusted peer (a CDN, say).
+    Case {
+        source: "cf-connecting-ip",
+        trusted_proxies: TRUST_LOOPBACK,
+        xff: Some("198.51.100.7"),
+        client: Some("198.51.100.7"),
+        origin: TrustedProxies,
+        ..case("single header from a trusted peer")
+    },
+    Case {
+        source: "cf-connecting-ip",
+        trusted_proxies: TRUST_LOOPBACK,
+        xff: Some("[2001:db8::9]:443"),
+        client: Some("2001:db8::9"),
+        origin: TrustedProxies,
+        ..case("single header, bracketed IPv6 with port")
+    },
+    Case {
+        source: "cf-connecting-ip",
+        trusted_proxies: TRUST_LOOPBACK,
+        xff: Some("198.51.100.7, 6.6.6.6"),
+        invalid_entries: 1,
+        ..case("single header with two addresses is invalid")
+    },
+    Case {
+        source: "cf-connecting-ip",
+        trusted_proxies: TRUST_LOOPBACK,
+        xff: Some("unknown"),
+        invalid_entries: 1,
+        ..case("single header that is no address")
+    },
+    Case {
+        source: "cf-connecting-ip",
+        trusted_proxies: TRUST_LOOPBACK,
+        source_missing: true,
+        ..case("single header missing from a trusted peer")
+    },
+    Case {
+        source: "cf-connecting-ip",
+        trusted_proxies: &["10.0.0.0/8"],
+        xff: Some("198.51.100.7"),
+        ..case("single header from an untrusted peer is never read")
+    },
+    Case {
+        source: "x-real-ip",
+        trusted_identities: GATEWAY_PRINCIPAL,
+        identity: GATEWAY_SAN,
+        xff: Some("198.51.100.8"),
+        client: Some("198.51.100.8"),
+        origin: TrustedProxies,
+        peer_trusted_by_identity: true,
+        ..case("single header from a trusted identity")
+    },
 ];
 
 fn policy(case: &Case) -> TrustPolicy {
@@ -375,6 +480,11 @@ fn policy(case: &Case) -> TrustPolicy {
     }
 }
 
+fn source(case: &Case) -> ClientIpSource {
+    let json = format!("{{\"client_ip_source\":\"{}\"}}", case.source);
+    FilterConfig::from_json(json.as_bytes()).unwrap().source
+}
+
 fn no_identity() -> Option<&'static str> {
     None
 }
@@ -388,20 +498,23 @@ fn resolution_rules() {
     for case in CASES {
         let policy = policy(case);
         let mut identity_reads = 0;
-        let got = resolve_client(
+        let source = source(case);
+        let got = resolve_client_from(
             &policy,
             case.peer.map(ip),
             || {
                 identity_reads += 1;
                 case.identity
             },
-            case.xff.map(str::as_bytes),
+            &source,
+            || case.xff.map(str::as_bytes),
         );
         let want = Resolution {
             client: case.client.map(ip),
             origin: case.origin,
             invalid_entries: case.invalid_entries,
             peer_trusted_by_identity: case.peer_trusted_by_identity,
+            source_missing: case.source_missing,
         };
         assert_eq!(got, want, "case: {}", case.name);
         // The identity costs a host call: read only when it can decide.

@@ -78,6 +78,18 @@ fn each_kind_of_bad_plugin_json_is_refused_with_field_and_value() {
             "cannot be combined with trusted_identities",
         ),
         (
+            "hops beside a single-address source",
+            r#"{"client_ip_source":"true-client-ip","trusted_hops":1}"#,
+            "field `trusted_hops`",
+            "\"true-client-ip\"",
+        ),
+        (
+            "a source that holds no address",
+            r#"{"client_ip_source":"content-length"}"#,
+            "field `client_ip_source`",
+            "\"content-length\"",
+        ),
+        (
             "invalid header name",
             r#"{"client_ip_header":"x real ip"}"#,
             "field `client_ip_header`",

@@ -6,13 +6,13 @@
 #![no_main]
 
 use client_ip::address::{parse_forwarded_entry, IpText};
-use client_ip::config::{FilterConfig, ForwardedMode, XffMode};
-use client_ip::resolve::resolve_client;
+use client_ip::config::{ClientIpSource, FilterConfig, ForwardedMode, TrustPolicy, XffMode};
+use client_ip::resolve::{resolve_client, resolve_client_from};
 use client_ip::rewrite::{forwarded_edit, forwarded_for_edit, strip_envoy_append, HeaderEdit};
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|input: (&[u8], &[u8], &[u8], Option<&[u8]>)| {
-    let (config, peer, forwarded_for, peer_identity) = input;
+fuzz_target!(|input: (&[u8], &[u8], &[u8], Option<&[u8]>, u8)| {
+    let (config, peer, forwarded_for, peer_identity, source) = input;
     let config = FilterConfig::from_json(config).unwrap_or_default();
     let peer = parse_forwarded_entry(peer);
     let seen = (!forwarded_for.is_empty()).then_some(forwarded_for);
@@ -21,6 +21,24 @@ fuzz_target!(|input: (&[u8], &[u8], &[u8], Option<&[u8]>)| {
         _ => None,
     };
     let received = stripped.or(seen);
+    // The same bytes as another source: the other parsers must keep the rules.
+    let other_source = match source % 3 {
+        0 => ClientIpSource::Forwarded,
+        1 => ClientIpSource::Header("cf-connecting-ip".to_owned()),
+        _ => ClientIpSource::XForwardedFor,
+    };
+    let trust = TrustPolicy { trusted_hops: if other_source.is_chain() { config.trust.trusted_hops } else { 0 }, ..config.trust.clone() };
+    let other = resolve_client_from(&trust, peer, || peer_identity, &other_source, || seen);
+    if let Some(client) = other.client {
+        assert_eq!(parse_forwarded_entry(IpText::new(client).as_bytes()), Some(client));
+    }
+    if trust.trusted_hops == 0
+        && !peer.is_some_and(|p| trust.is_trusted(p))
+        && !peer_identity.is_some_and(|san| trust.trusted_identities.trust(san))
+    {
+        assert_eq!(other.client, peer);
+    }
+
     let mut identity_reads = 0;
     let resolution = resolve_client(&config.trust, peer, || { identity_reads += 1; peer_identity }, received);
     let trusted_by_address = peer.is_some_and(|peer| config.trust.is_trusted(peer));

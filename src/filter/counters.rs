@@ -8,7 +8,7 @@ use std::cell::Cell;
 use super::host;
 
 /// Stat names, in the order [`Tally::take`] returns them.
-pub const NAMES: [&str; 9] = [
+pub const NAMES: [&str; 10] = [
     "client_ip.requests",
     "client_ip.client_from_trusted",
     "client_ip.forged_header_replaced",
@@ -18,6 +18,7 @@ pub const NAMES: [&str; 9] = [
     "client_ip.allowed_by_list",
     "client_ip.denied",
     "client_ip.dry_run_denied",
+    "client_ip.source_missing",
 ];
 
 /// Counts not yet handed to Envoy.
@@ -41,6 +42,9 @@ pub struct Tally {
     pub denied: Cell<u64>,
     /// Requests the access lists would have denied, in a dry run.
     pub dry_run_denied: Cell<u64>,
+    /// Requests from a trusted peer (or under `trusted_hops`) that did not
+    /// carry the client source header.
+    pub source_missing: Cell<u64>,
 }
 
 pub fn bump(cell: &Cell<u64>, by: u64) {
@@ -59,6 +63,7 @@ impl Tally {
             self.allowed_by_list.take(),
             self.denied.take(),
             self.dry_run_denied.take(),
+            self.source_missing.take(),
         ]
     }
 }

@@ -30,6 +30,11 @@ pub mod path {
     pub const PEER_URI_SAN: &[u8] = b"connection\0uri_san_peer_certificate";
     /// The root_id this plugin was configured with.
     pub const PLUGIN_ROOT_ID: &[u8] = b"plugin_root_id";
+
+    /// `request.headers.<name>`: every value of the header, joined by commas.
+    pub fn request_header(name: &str) -> Vec<u8> {
+        [b"request\0headers\0".as_slice(), name.as_bytes()].concat()
+    }
 }
 
 #[link(wasm_import_module = "env")]

@@ -11,8 +11,8 @@ use super::counters::{bump, Tally};
 use super::host::{self, path};
 use crate::access::Decision;
 use crate::address::{parse_forwarded_entry, parse_socket_peer, IpText};
-use crate::config::FilterConfig;
-use crate::resolve::{resolve_client, ClientOrigin};
+use crate::config::{ClientIpSource, FilterConfig, XffMode};
+use crate::resolve::{resolve_client, resolve_client_from, ClientOrigin};
 use crate::rewrite::{forwarded_edit, forwarded_for_edit, strip_envoy_append, HeaderEdit};
 
 const X_FORWARDED_FOR: &str = "x-forwarded-for";
@@ -29,11 +29,17 @@ pub struct HttpShared {
     scratch: RefCell<Vec<u8>>,
     /// The denial's headers, serialised once.
     deny_headers: Vec<u8>,
+    /// The property path of the client source header. The attribute holds
+    /// every value of a repeated header, joined by commas, where a header
+    /// read would return the first value only: a client's own line must not
+    /// hide the proxy's.
+    source_path: Vec<u8>,
 }
 
 impl HttpShared {
     pub fn new(config: FilterConfig) -> Self {
         HttpShared {
+            source_path: path::request_header(config.source.header_name()),
             config,
             tally: Tally::default(),
             scratch: RefCell::new(Vec::with_capacity(256)),
@@ -48,7 +54,15 @@ impl HttpShared {
         if peer.is_none() {
             bump(&tally.peer_unknown, 1);
         }
-        let seen_xff = logged(X_FORWARDED_FOR, host::get_request_header(X_FORWARDED_FOR)).flatten();
+        let config = &self.config;
+        // X-Forwarded-For is read when it is the source, or to append to it.
+        let reads_xff =
+            config.source == ClientIpSource::XForwardedFor || config.xff_mode == XffMode::Append;
+        let seen_xff = if reads_xff {
+            logged(X_FORWARDED_FOR, host::get_request_header(X_FORWARDED_FOR)).flatten()
+        } else {
+            None
+        };
         // Under `use_remote_address: true` Envoy has appended the peer already;
         // the rules speak of X-Forwarded-For as it arrived.
         let envoy_appended_to = match (&seen_xff, peer) {
@@ -56,18 +70,26 @@ impl HttpShared {
             _ => None,
         };
         let received_xff = envoy_appended_to.or(seen_xff.as_deref());
-        let resolution = resolve_client(
-            &self.config.trust,
-            peer,
-            || logged("peer identity", host::get_property(path::PEER_URI_SAN)).flatten(),
-            received_xff,
-        );
+        let peer_identity =
+            || logged("peer identity", host::get_property(path::PEER_URI_SAN)).flatten();
+        let resolution = match &config.source {
+            ClientIpSource::XForwardedFor => {
+                resolve_client(&config.trust, peer, peer_identity, received_xff)
+            }
+            // Another header is read only when the peer is trusted.
+            source => resolve_client_from(&config.trust, peer, peer_identity, source, || {
+                logged(source.header_name(), host::get_property(&self.source_path)).flatten()
+            }),
+        };
         bump(
             &tally.invalid_xff_entries,
             u64::from(resolution.invalid_entries),
         );
         if resolution.peer_trusted_by_identity {
             bump(&tally.peer_trusted_by_identity, 1);
+        }
+        if resolution.source_missing {
+            bump(&tally.source_missing, 1);
         }
         if matches!(
             resolution.origin,
