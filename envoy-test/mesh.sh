@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# The local mesh behind `make run`, as Istio runs it in a cluster: httpbin
-# behind its sidecar Envoy, with an ingress gateway Envoy and the sleep pod's
-# sidecar in front, talking mTLS and HTTP/2 with SPIFFE certificates from a
-# mesh CA made at start-up; and the plain paths without client-ip that show
-# the problem. Runs in the foreground; Ctrl-C stops everything.
+# The local mesh behind `make run`, as Istio runs it in a cluster: two httpbin
+# pods, each behind its sidecar Envoy, with an ingress gateway Envoy and the
+# sleep pod's sidecar in front, talking mTLS and HTTP/2 with SPIFFE
+# certificates from a mesh CA made at start-up; a load balancer (HAProxy) in
+# front of the gateway that sends the client in a PROXY protocol header; and
+# the plain paths without client-ip that show the problem. Runs in the
+# foreground; Ctrl-C stops everything.
 #
 # Every port can be moved with an environment variable (the tests do, so they
 # never clash with a running `make run`); the defaults are the documented ones.
@@ -14,21 +16,27 @@ VENV=${VENV:-$repo/.venv}
 RUN_DIR=${RUN_DIR:-$repo/envoy-test/run}
 MODULE=${MODULE:-$repo/build/plugin.wasm}
 APP_PORT=${APP_PORT:-8000}
+APP2_PORT=${APP2_PORT:-8001}
 SIDECAR_MTLS_PORT=${SIDECAR_MTLS_PORT:-15006}
 SIDECAR_PORT=${SIDECAR_PORT:-10000}
 SIDECAR_PLAIN_PORT=${SIDECAR_PLAIN_PORT:-20000}
 SIDECAR_ADMIN_PORT=${SIDECAR_ADMIN_PORT:-15000}
+SIDECAR2_MTLS_PORT=${SIDECAR2_MTLS_PORT:-15106}
+SIDECAR2_ADMIN_PORT=${SIDECAR2_ADMIN_PORT:-15100}
 SLEEP_OUTBOUND_PORT=${SLEEP_OUTBOUND_PORT:-15001}
 SLEEP_ADMIN_PORT=${SLEEP_ADMIN_PORT:-15002}
 GATEWAY_HTTP_PORT=${GATEWAY_HTTP_PORT:-10080}
 GATEWAY_HTTPS_PORT=${GATEWAY_HTTPS_PORT:-10443}
+GATEWAY_PROXY_PROTOCOL_PORT=${GATEWAY_PROXY_PROTOCOL_PORT:-10081}
 GATEWAY_PLAIN_HTTP_PORT=${GATEWAY_PLAIN_HTTP_PORT:-20080}
 GATEWAY_PLAIN_HTTPS_PORT=${GATEWAY_PLAIN_HTTPS_PORT:-20443}
 GATEWAY_ADMIN_PORT=${GATEWAY_ADMIN_PORT:-15080}
+LB_PORT=${LB_PORT:-8080}
 
 for tool in "$VENV/bin/envoy" "$VENV/bin/gunicorn" "$MODULE"; do
   [ -e "$tool" ] || { echo "mesh: $tool is missing; start the mesh with 'make run'" >&2; exit 1; }
 done
+HAPROXY=$(command -v haproxy) || { echo "mesh: haproxy is missing; start the mesh with 'make run'" >&2; exit 1; }
 mkdir -p "$RUN_DIR"
 
 # A fresh mesh CA and the workloads' SPIFFE certificates, as a new cluster's
@@ -42,14 +50,18 @@ mkdir -p "$RUN_DIR"
 render() {
   sed -E -e 's#\bport_value: ([0-9]+)\b#port_value: @\1@#' \
       -e "s#@8000@#$APP_PORT#" \
+      -e "s#@8001@#$APP2_PORT#" \
       -e "s#@15006@#$SIDECAR_MTLS_PORT#" \
       -e "s#@10000@#$SIDECAR_PORT#" \
       -e "s#@20000@#$SIDECAR_PLAIN_PORT#" \
       -e "s#@15000@#$SIDECAR_ADMIN_PORT#" \
+      -e "s#@15106@#$SIDECAR2_MTLS_PORT#" \
+      -e "s#@15100@#$SIDECAR2_ADMIN_PORT#" \
       -e "s#@15001@#$SLEEP_OUTBOUND_PORT#" \
       -e "s#@15002@#$SLEEP_ADMIN_PORT#" \
       -e "s#@10080@#$GATEWAY_HTTP_PORT#" \
       -e "s#@10443@#$GATEWAY_HTTPS_PORT#" \
+      -e "s#@10081@#$GATEWAY_PROXY_PROTOCOL_PORT#" \
       -e "s#@20080@#$GATEWAY_PLAIN_HTTP_PORT#" \
       -e "s#@20443@#$GATEWAY_PLAIN_HTTPS_PORT#" \
       -e "s#@15080@#$GATEWAY_ADMIN_PORT#" \
@@ -63,8 +75,19 @@ render() {
   fi
 }
 render sidecar
+render sidecar-2
 render sleep-sidecar
 render gateway
+
+# The load balancer's config, with this run's two ports.
+sed -e "s#^\(  bind 127\.0\.0\.1:\)8080\$#\1$LB_PORT#" \
+    -e "s#^\(  server gateway 127\.0\.0\.1:\)10081 #\1$GATEWAY_PROXY_PROTOCOL_PORT #" \
+    "$repo/envoy-test/configs/lb.cfg" > "$RUN_DIR/lb.cfg"
+if ! grep -q "^  bind 127\.0\.0\.1:$LB_PORT\$" "$RUN_DIR/lb.cfg" ||
+   ! grep -q "^  server gateway 127\.0\.0\.1:$GATEWAY_PROXY_PROTOCOL_PORT " "$RUN_DIR/lb.cfg"; then
+  echo "mesh: envoy-test/configs/lb.cfg has a port mesh.sh does not move" >&2
+  exit 1
+fi
 
 # Every process the mesh started, and theirs (gunicorn's workers), goes
 # down with it: asked first, killed when still there after 10 s.
@@ -109,12 +132,23 @@ stop() {
 trap stop EXIT
 trap 'exit 0' INT TERM HUP
 
-"$VENV/bin/gunicorn" --bind "127.0.0.1:$APP_PORT" --workers 2 --log-level warning httpbin:app &
-pids+=($!)
-for proxy in sidecar sleep-sidecar gateway; do
+# httpbin logs each request as it arrived: from the sidecar's 127.0.0.6, with
+# the headers the sidecar handed on.
+for instance in 1 2; do
+  port=$APP_PORT
+  [ $instance = 1 ] || port=$APP2_PORT
+  "$VENV/bin/gunicorn" --bind "127.0.0.1:$port" --workers 2 --log-level warning \
+    --access-logfile - \
+    --access-logformat "{\"app\":\"httpbin-$instance\",\"remote_addr\":\"%(h)s\",\"path\":\"%(U)s\",\"status\":%(s)s,\"x_real_ip\":\"%({x-real-ip}i)s\",\"x_forwarded_for\":\"%({x-forwarded-for}i)s\"}" \
+    httpbin:app &
+  pids+=($!)
+done
+for proxy in sidecar sidecar-2 sleep-sidecar gateway; do
   "$VENV/bin/envoy" -c "$RUN_DIR/$proxy.yaml" --disable-hot-restart -l warning --concurrency 2 &
   pids+=($!)
 done
+"$HAPROXY" -db -f "$RUN_DIR/lb.cfg" &
+pids+=($!)
 
 ready() {
   local deadline=$((SECONDS + 60))
@@ -123,19 +157,35 @@ ready() {
     sleep 0.2
   done
 }
-ready "http://127.0.0.1:$APP_PORT/get" httpbin
-ready "http://127.0.0.1:$SIDECAR_ADMIN_PORT/ready" "httpbin's sidecar"
+# A TCP listener on 127.0.0.1:PORT, seen in /proc/net/tcp without connecting
+# to it (a request would show in the access logs).
+listening() {
+  local deadline=$((SECONDS + 60)) socket
+  socket=$(printf '0100007F:%04X' "$1")
+  until awk -v socket="$socket" '$2 == socket && $4 == "0A" { found = 1 } END { exit !found }' /proc/net/tcp; do
+    if [ $SECONDS -ge $deadline ]; then echo "mesh: $2 did not come up (127.0.0.1:$1)" >&2; exit 1; fi
+    sleep 0.2
+  done
+}
+listening "$APP_PORT" httpbin-1
+listening "$APP2_PORT" httpbin-2
+ready "http://127.0.0.1:$SIDECAR_ADMIN_PORT/ready" "httpbin-1's sidecar"
+ready "http://127.0.0.1:$SIDECAR2_ADMIN_PORT/ready" "httpbin-2's sidecar"
 ready "http://127.0.0.1:$SLEEP_ADMIN_PORT/ready" "sleep's sidecar"
 ready "http://127.0.0.1:$GATEWAY_ADMIN_PORT/ready" "the ingress gateway"
+listening "$LB_PORT" "the load balancer"
 
 pki=$RUN_DIR/mesh
 cat <<MSG
 mesh: ready
-  httpbin (the app)                 127.0.0.1:$APP_PORT
-  httpbin's sidecar  with client-ip mTLS :$SIDECAR_MTLS_PORT, plaintext :$SIDECAR_PORT; without: :$SIDECAR_PLAIN_PORT   (admin :$SIDECAR_ADMIN_PORT)
+  httpbin-1, httpbin-2 (the app)    127.0.0.1:$APP_PORT, 127.0.0.1:$APP2_PORT
+  httpbin-1's sidecar with client-ip mTLS :$SIDECAR_MTLS_PORT, plaintext :$SIDECAR_PORT; without: :$SIDECAR_PLAIN_PORT   (admin :$SIDECAR_ADMIN_PORT)
+  httpbin-2's sidecar with client-ip mTLS :$SIDECAR2_MTLS_PORT   (admin :$SIDECAR2_ADMIN_PORT)
   sleep's sidecar    outbound       :$SLEEP_OUTBOUND_PORT, from 127.0.0.10 over mTLS to :$SIDECAR_MTLS_PORT   (admin :$SLEEP_ADMIN_PORT)
-  ingress gateway    over mTLS to :$SIDECAR_MTLS_PORT    HTTP :$GATEWAY_HTTP_PORT   HTTPS :$GATEWAY_HTTPS_PORT   (admin :$GATEWAY_ADMIN_PORT)
-                     plain to :$SIDECAR_PLAIN_PORT       HTTP :$GATEWAY_PLAIN_HTTP_PORT   HTTPS :$GATEWAY_PLAIN_HTTPS_PORT
+  ingress gateway    with client-ip HTTP :$GATEWAY_HTTP_PORT   HTTPS :$GATEWAY_HTTPS_PORT   PROXY protocol :$GATEWAY_PROXY_PROTOCOL_PORT   (admin :$GATEWAY_ADMIN_PORT)
+                     over mTLS to :$SIDECAR_MTLS_PORT and :$SIDECAR2_MTLS_PORT, one instance per client (hash of X-Real-IP)
+                     without: HTTP :$GATEWAY_PLAIN_HTTP_PORT   HTTPS :$GATEWAY_PLAIN_HTTPS_PORT, plain to :$SIDECAR_PLAIN_PORT
+  load balancer      TCP :$LB_PORT, from 127.0.0.200 to :$GATEWAY_PROXY_PROTOCOL_PORT with PROXY protocol v2
   mesh CA and SPIFFE certificates   $pki/
 
 Try, from another terminal:
@@ -143,10 +193,14 @@ Try, from another terminal:
   curl --interface 127.0.0.10 http://127.0.0.1:$SLEEP_OUTBOUND_PORT/ip     # sleep -> httpbin over mTLS: the app sees sleep, 127.0.0.10
   curl --interface 127.0.0.77 -H 'X-Forwarded-For: 6.6.6.6' -H 'X-Real-IP: 6.6.6.6' 'http://127.0.0.1:$GATEWAY_HTTP_PORT/headers?show_env=1'
   curl -k --interface 127.0.0.77 https://127.0.0.1:$GATEWAY_HTTPS_PORT/ip
+  curl -i --interface 127.0.0.66 -H 'X-Forwarded-For: 127.0.0.77' http://127.0.0.1:$GATEWAY_HTTP_PORT/ip     # a denied client: 403
+  curl -s -o /dev/null -D - --interface 127.0.0.77 http://127.0.0.1:$GATEWAY_HTTP_PORT/get | grep -i x-served-by     # always the same instance
+  curl --interface 127.0.0.55 http://127.0.0.1:$LB_PORT/ip     # through the load balancer and PROXY protocol: the app sees 127.0.0.55
   curl --http2 --cacert $pki/ca.pem --cert $pki/rogue.pem --key $pki/rogue-key.pem \\
     --interface 127.0.0.101 -H 'X-Forwarded-For: 6.6.6.6' -H 'X-Real-IP: 6.6.6.6' https://127.0.0.1:$SIDECAR_MTLS_PORT/ip
   curl -s http://127.0.0.1:$SIDECAR_ADMIN_PORT/stats | grep client_ip
-Access logs follow (JSON, one line per request and proxy). Ctrl-C stops the mesh.
+Access logs follow, as JSON: a line per request from each proxy and each httpbin, a line per connection
+from the load balancer. Ctrl-C stops the mesh.
 MSG
 
 # Run until Ctrl-C, or until any part of the mesh dies.

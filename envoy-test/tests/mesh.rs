@@ -19,19 +19,24 @@ use std::time::{Duration, Instant};
 use envoy_test::{envoy_bin, module_path, repo_root};
 use serde_json::Value;
 
-const PORT_VARS: [&str; 12] = [
+const PORT_VARS: [&str; 17] = [
     "APP_PORT",
+    "APP2_PORT",
     "SIDECAR_MTLS_PORT",
     "SIDECAR_PORT",
     "SIDECAR_PLAIN_PORT",
     "SIDECAR_ADMIN_PORT",
+    "SIDECAR2_MTLS_PORT",
+    "SIDECAR2_ADMIN_PORT",
     "SLEEP_OUTBOUND_PORT",
     "SLEEP_ADMIN_PORT",
     "GATEWAY_HTTP_PORT",
     "GATEWAY_HTTPS_PORT",
+    "GATEWAY_PROXY_PROTOCOL_PORT",
     "GATEWAY_PLAIN_HTTP_PORT",
     "GATEWAY_PLAIN_HTTPS_PORT",
     "GATEWAY_ADMIN_PORT",
+    "LB_PORT",
 ];
 
 /// A directory under the system temp dir, removed however the test ends.
@@ -232,12 +237,13 @@ impl Mesh {
         }
     }
 
-    /// A counter of httpbin's sidecar, from its admin's /stats as
-    /// `curl -s http://127.0.0.1:15000/stats | grep client_ip` shows it.
-    fn sidecar_counter(&self, name: &str) -> u64 {
+    /// A stat of the Envoy whose admin port is `admin_var`, from its admin's
+    /// /stats as `curl -s http://127.0.0.1:15000/stats | grep client_ip`
+    /// shows it.
+    fn stat(&self, admin_var: &str, name: &str) -> u64 {
         let stats = curl_text(&[&format!(
-            "http://127.0.0.1:{}/stats?filter=client_ip",
-            self.port("SIDECAR_ADMIN_PORT")
+            "http://127.0.0.1:{}/stats?filter={name}",
+            self.port(admin_var)
         )]);
         stats
             .lines()
@@ -246,6 +252,11 @@ impl Mesh {
             .trim()
             .parse()
             .unwrap()
+    }
+
+    /// A counter of client-ip on httpbin's sidecars, both instances together.
+    fn sidecar_counter(&self, name: &str) -> u64 {
+        self.stat("SIDECAR_ADMIN_PORT", name) + self.stat("SIDECAR2_ADMIN_PORT", name)
     }
 
     /// Waits (up to 10 s: the filter hands its counts to Envoy once a second
@@ -259,6 +270,29 @@ impl Mesh {
             }
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+
+    /// Waits (up to 10 s) until a stat of the Envoy at `admin_var` reaches
+    /// `at_least`, and returns it.
+    fn wait_for_stat(&self, admin_var: &str, name: &str, at_least: u64) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let value = self.stat(admin_var, name);
+            if value >= at_least || Instant::now() > deadline {
+                return value;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn url(&self, var: &str, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port(var))
+    }
+
+    /// An access-log line of either httpbin sidecar's mTLS inbound.
+    fn is_sidecar_mtls(&self, entry: &Value) -> bool {
+        entry["proxy"] == format!("sidecar:{}", self.port("SIDECAR_MTLS_PORT")).as_str()
+            || entry["proxy"] == format!("sidecar-2:{}", self.port("SIDECAR2_MTLS_PORT")).as_str()
     }
 
     /// Ctrl-C, as a user stops `make run`: SIGINT to the whole process group.
@@ -327,6 +361,51 @@ fn curl(args: &[&str]) -> Value {
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("curl {args:?}: {e}: {body}"))
 }
 
+/// A response as `curl -i` shows it.
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The instance that answered (x-served-by, set by its sidecar).
+    fn served_by(&self) -> String {
+        self.header("x-served-by")
+            .unwrap_or_else(|| panic!("no x-served-by in {:?}", self.headers))
+            .to_owned()
+    }
+}
+
+fn request(args: &[&str]) -> Reply {
+    let text = curl_text(&with(&[&["-i"], args]));
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("curl {args:?}: no header block in {text:?}"));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|line| line.split_whitespace().nth(1))
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("curl {args:?}: no status in {head:?}"));
+    let headers = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_owned(), value.trim().to_owned()))
+        .collect();
+    Reply {
+        status,
+        headers,
+        body: body.to_owned(),
+    }
+}
+
 /// One curl command line from its parts.
 fn with<'a>(parts: &[&[&'a str]]) -> Vec<&'a str> {
     parts.concat()
@@ -336,9 +415,13 @@ const GATEWAY_IDENTITY: &str =
     "spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account";
 const TRUSTED_BY_IDENTITY: &str = "wasmcustom.client_ip.peer_trusted_by_identity";
 const REQUESTS: &str = "wasmcustom.client_ip.requests";
+const DENIED: &str = "wasmcustom.client_ip.denied";
+/// The client httpbin's sidecars refuse (deny_clients).
+const DENIED_CLIENT: &str = "127.0.0.66";
+const DENIAL_BODY: &str = "client address not allowed";
 
 #[test]
-fn east_west_north_south_http_and_https_over_mtls() {
+fn walkthrough_over_mtls_access_control_affinity_and_proxy_protocol() {
     let mut mesh = Mesh::start();
     let url = |var: &str, path: &str| format!("http://127.0.0.1:{}{path}", mesh.port(var));
     let tls_url = |var: &str, path: &str| format!("https://127.0.0.1:{}{path}", mesh.port(var));
@@ -519,10 +602,11 @@ fn east_west_north_south_http_and_https_over_mtls() {
     );
 
     // The access log shows who came in over mTLS, with which identity and
-    // protocol, and the client the filter resolved.
+    // protocol, and the client the filter resolved. The gateway's requests
+    // reach either instance; sleep's and the rogue's reach httpbin-1.
     let mtls = format!("sidecar:{}", mesh.port("SIDECAR_MTLS_PORT"));
     let gateway_hop = mesh.wait_for_access_log(|e| {
-        e["proxy"] == mtls.as_str() && e["x_forwarded_for"] == "127.0.0.77" && e["path"] == "/ip"
+        mesh.is_sidecar_mtls(e) && e["x_forwarded_for"] == "127.0.0.77" && e["path"] == "/ip"
     });
     assert_eq!(gateway_hop["peer_identity"], GATEWAY_IDENTITY);
     assert_eq!(gateway_hop["protocol"], "HTTP/2");
@@ -553,6 +637,34 @@ fn east_west_north_south_http_and_https_over_mtls() {
     );
     assert_eq!(rogue_hop["downstream_remote_address"], "6.6.6.6:0");
 
+    // The gateway logs the client it resolved too, and the sidecar it chose.
+    let at_gateway = mesh.wait_for_access_log(|e| {
+        e["proxy"] == format!("gateway:{}", mesh.port("GATEWAY_HTTP_PORT")).as_str()
+            && e["client_ip"] == "127.0.0.77"
+            && e["path"] == "/ip"
+    });
+    let peer = at_gateway["downstream_direct_remote_address"]
+        .as_str()
+        .unwrap();
+    assert!(peer.starts_with("127.0.0.77:"), "{peer}");
+    assert_eq!(
+        at_gateway["upstream_peer_identity"],
+        "spiffe://cluster.local/ns/default/sa/httpbin"
+    );
+    // httpbin itself logs the sidecar's 127.0.0.6 as its peer, and the client
+    // in the headers the sidecar handed on.
+    let at_app = mesh.wait_for_access_log(|e| {
+        e["app"].as_str().is_some_and(|a| a.starts_with("httpbin-"))
+            && e["x_real_ip"] == "127.0.0.77"
+            && e["path"] == "/ip"
+    });
+    assert_eq!(at_app["remote_addr"], "127.0.0.6");
+    assert_eq!(at_app["x_forwarded_for"], "127.0.0.77");
+
+    access_control(&mesh);
+    affinity(&mesh);
+    proxy_protocol(&mesh);
+
     let status = mesh.interrupt();
     assert!(
         status.success(),
@@ -566,6 +678,235 @@ fn east_west_north_south_http_and_https_over_mtls() {
     }
 }
 
+/// httpbin's sidecars refuse 127.0.0.66 (deny_clients): the client they
+/// resolve, however it comes and whatever it writes. The request never
+/// reaches httpbin.
+fn access_control(mesh: &Mesh) {
+    let denied_before = mesh.sidecar_counter(DENIED);
+    let from_denied = ["--interface", DENIED_CLIENT];
+    let naming_allowed = [
+        "-H",
+        "X-Forwarded-For: 127.0.0.77",
+        "-H",
+        "X-Real-IP: 127.0.0.77",
+    ];
+    // Through the gateway, which the sidecars trust by identity: the client
+    // it saw is 127.0.0.66, and no header the client writes changes that.
+    for extra in [&[][..], &naming_allowed[..]] {
+        let reply = request(&with(&[
+            &from_denied,
+            extra,
+            &[&mesh.url("GATEWAY_HTTP_PORT", "/ip")],
+        ]));
+        assert_eq!(reply.status, 403, "{}", reply.body);
+        assert_eq!(reply.body.trim_end(), DENIAL_BODY);
+        assert!(reply.served_by().starts_with("httpbin-"));
+    }
+    // Straight to a sidecar in plaintext: the peer itself is the client.
+    let plain = request(&with(&[
+        &from_denied,
+        &naming_allowed,
+        &[&mesh.url("SIDECAR_PORT", "/ip")],
+    ]));
+    assert_eq!(plain.status, 403, "{}", plain.body);
+    assert_eq!(plain.served_by(), "httpbin-1");
+    // East-west the client is the sleep pod, 127.0.0.10, whatever address
+    // the curl inside it binds and whatever it writes: served.
+    for extra in [&[][..], &["-H", "X-Forwarded-For: 127.0.0.66"][..]] {
+        let sleep = curl(&with(&[
+            &from_denied,
+            extra,
+            &[&mesh.url("SLEEP_OUTBOUND_PORT", "/ip")],
+        ]));
+        assert_eq!(sleep["origin"], "127.0.0.10");
+    }
+    assert_eq!(
+        mesh.wait_for_counter(DENIED, denied_before + 3),
+        denied_before + 3
+    );
+
+    // httpbin's side: the sidecar answered itself, with no upstream...
+    let denial = mesh.wait_for_access_log(|e| {
+        mesh.is_sidecar_mtls(e) && e["client_ip"] == DENIED_CLIENT && e["response_code"] == 403
+    });
+    assert_eq!(denial["response_code_details"], "client_ip_denied");
+    assert_eq!(denial["upstream_host"], Value::Null);
+    assert_eq!(denial["peer_identity"], GATEWAY_IDENTITY);
+    assert_eq!(denial["x_forwarded_for"], DENIED_CLIENT);
+    let plain_denial = mesh.wait_for_access_log(|e| {
+        e["proxy"] == format!("sidecar:{}", mesh.port("SIDECAR_PORT")).as_str()
+            && e["client_ip"] == DENIED_CLIENT
+    });
+    assert_eq!(plain_denial["response_code"], 403);
+    assert_eq!(plain_denial["response_code_details"], "client_ip_denied");
+    assert_eq!(plain_denial["upstream_host"], Value::Null);
+    // ...and neither httpbin logged it. Each is asked something straight
+    // afterwards, so its log has caught up with the denials.
+    for (app, port) in [("httpbin-1", "APP_PORT"), ("httpbin-2", "APP2_PORT")] {
+        curl(&[&mesh.url(port, "/get?after-denials")]);
+        mesh.wait_for_access_log(|e| {
+            e["app"] == app && e["path"] == "/get" && e["x_real_ip"] == "-"
+        });
+    }
+    let log = mesh.access_log.borrow();
+    let reached: Vec<&Value> = log
+        .iter()
+        .filter(|e| e.get("app").is_some() && e["x_real_ip"] == DENIED_CLIENT)
+        .collect();
+    assert!(
+        reached.is_empty(),
+        "a denied client reached httpbin: {reached:?}"
+    );
+}
+
+/// The gateway hashes on the X-Real-IP its client-ip writes over a ring of
+/// both httpbin instances: one client always reaches one instance, and many
+/// clients spread over both.
+fn affinity(mesh: &Mesh) {
+    let served_by = |client: &str, var: &str| {
+        request(&["--interface", client, &mesh.url(var, "/get")]).served_by()
+    };
+    let first = served_by("127.0.0.77", "GATEWAY_HTTP_PORT");
+    for _ in 0..5 {
+        assert_eq!(served_by("127.0.0.77", "GATEWAY_HTTP_PORT"), first);
+    }
+    // A forged X-Real-IP does not move a client: client-ip replaces it
+    // before the router hashes.
+    for forged in ["127.0.0.1", "127.0.0.2", "127.0.0.3", "6.6.6.6"] {
+        let reply = request(&[
+            "--interface",
+            "127.0.0.77",
+            "-H",
+            &format!("X-Real-IP: {forged}"),
+            &mesh.url("GATEWAY_HTTP_PORT", "/get"),
+        ]);
+        assert_eq!(reply.served_by(), first, "X-Real-IP: {forged}");
+    }
+    let mut instances = std::collections::BTreeMap::<String, Vec<String>>::new();
+    for last in 1..=40 {
+        let client = format!("127.0.0.{last}");
+        let instance = served_by(&client, "GATEWAY_HTTP_PORT");
+        assert_eq!(
+            served_by(&client, "GATEWAY_HTTP_PORT"),
+            instance,
+            "{client}"
+        );
+        instances.entry(instance).or_default().push(client);
+    }
+    let names: Vec<&String> = instances.keys().collect();
+    assert_eq!(names, ["httpbin-1", "httpbin-2"], "{instances:?}");
+    // The same client keeps its instance through the load balancer.
+    for client in ["127.0.0.56", "127.0.0.7", "127.0.0.77"] {
+        assert_eq!(
+            served_by(client, "LB_PORT"),
+            served_by(client, "GATEWAY_HTTP_PORT"),
+            "{client}"
+        );
+    }
+}
+
+/// The load balancer connects from 127.0.0.200 and sends the client in a
+/// PROXY protocol v2 header; the gateway's proxy_protocol listener filter
+/// restores it, and client-ip takes it as the peer.
+fn proxy_protocol(mesh: &Mesh) {
+    let lb = mesh.url("LB_PORT", "/ip");
+    let origin = curl(&["--interface", "127.0.0.55", &lb]);
+    assert_eq!(origin["origin"], "127.0.0.55");
+    let headers = curl(&[
+        "--interface",
+        "127.0.0.55",
+        "-H",
+        "X-Forwarded-For: 6.6.6.6",
+        "-H",
+        "X-Real-IP: 6.6.6.6",
+        &mesh.url("LB_PORT", "/headers?show_env=1"),
+    ]);
+    assert_eq!(headers["headers"]["X-Real-Ip"], "127.0.0.55");
+    assert_eq!(headers["headers"]["X-Forwarded-For"], "127.0.0.55");
+
+    // The gateway logs the load balancer as its direct peer and the restored
+    // client as the peer, which client-ip resolved...
+    let proxy_port = mesh.port("GATEWAY_PROXY_PROTOCOL_PORT");
+    let at_gateway = mesh.wait_for_access_log(|e| {
+        e["proxy"] == format!("gateway:{proxy_port}").as_str()
+            && e["path"] == "/ip"
+            && e["client_ip"] == "127.0.0.55"
+    });
+    let direct = at_gateway["downstream_direct_remote_address"]
+        .as_str()
+        .unwrap();
+    assert!(direct.starts_with("127.0.0.200:"), "{direct}");
+    let restored = at_gateway["downstream_remote_address"].as_str().unwrap();
+    assert!(restored.starts_with("127.0.0.55:"), "{restored}");
+    // ...and the load balancer that connection: the client as its peer, and
+    // itself connecting from 127.0.0.200, from the port the gateway saw.
+    let at_lb = mesh.wait_for_access_log(|e| {
+        e["proxy"] == format!("lb:{}", mesh.port("LB_PORT")).as_str()
+            && e["downstream_remote_address"] == restored
+    });
+    assert_eq!(at_lb["upstream_local_address"], direct);
+    assert_eq!(
+        at_lb["upstream_host"],
+        format!("127.0.0.1:{proxy_port}").as_str()
+    );
+    // ...and the sidecar the client the gateway vouched for.
+    let at_sidecar = mesh.wait_for_access_log(|e| {
+        mesh.is_sidecar_mtls(e) && e["client_ip"] == "127.0.0.55" && e["path"] == "/ip"
+    });
+    assert_eq!(at_sidecar["peer_identity"], GATEWAY_IDENTITY);
+
+    // The denied client is denied this way too.
+    let denied = request(&["--interface", DENIED_CLIENT, &lb]);
+    assert_eq!(denied.status, 403, "{}", denied.body);
+
+    // A client that reaches the PROXY protocol listener itself, without the
+    // header: Envoy closes the connection (a reset, as the request is left
+    // unread) and counts it.
+    let proxy_url = mesh.url("GATEWAY_PROXY_PROTOCOL_PORT", "/ip");
+    let errors = mesh.stat("GATEWAY_ADMIN_PORT", "downstream_cx_proxy_proto_error");
+    let not_found = mesh.stat("GATEWAY_ADMIN_PORT", "proxy_proto.not_found_disallowed");
+    let without_header = run_curl(&["--interface", "127.0.0.55", &proxy_url]);
+    assert_eq!(without_header.status.code(), Some(56), "{without_header:?}");
+    assert!(
+        String::from_utf8_lossy(&without_header.stderr).contains("Connection reset by peer"),
+        "{without_header:?}"
+    );
+    assert_eq!(
+        mesh.wait_for_stat(
+            "GATEWAY_ADMIN_PORT",
+            "downstream_cx_proxy_proto_error",
+            errors + 1
+        ),
+        errors + 1
+    );
+    assert_eq!(
+        mesh.wait_for_stat(
+            "GATEWAY_ADMIN_PORT",
+            "proxy_proto.not_found_disallowed",
+            not_found + 1
+        ),
+        not_found + 1
+    );
+    // A client that sends a PROXY header itself, from anywhere but the load
+    // balancer, finds no filter chain: it could otherwise name any client.
+    let no_match = format!("listener.127.0.0.1_{proxy_port}.no_filter_chain_match");
+    let refused = mesh.stat("GATEWAY_ADMIN_PORT", &no_match);
+    let own_header = run_curl(&[
+        "--haproxy-protocol",
+        "--interface",
+        "127.0.0.55",
+        &proxy_url,
+    ]);
+    assert!(
+        matches!(own_header.status.code(), Some(52 | 56)),
+        "{own_header:?}"
+    );
+    assert_eq!(
+        mesh.wait_for_stat("GATEWAY_ADMIN_PORT", &no_match, refused + 1),
+        refused + 1
+    );
+}
+
 #[test]
 fn every_envoy_config_in_the_repo_validates() {
     let configs: Vec<_> = std::fs::read_dir(repo_root().join("envoy-test/configs"))
@@ -573,7 +914,7 @@ fn every_envoy_config_in_the_repo_validates() {
         .map(|entry| entry.unwrap().path())
         .filter(|path| path.extension().is_some_and(|e| e == "yaml"))
         .collect();
-    assert!(configs.len() >= 3, "{configs:?}");
+    assert!(configs.len() >= 4, "{configs:?}");
     let scratch = TempDir::new("validate");
     let dir = scratch.path();
     // The certificates `make run` and `make certs` make.
@@ -612,4 +953,22 @@ fn every_envoy_config_in_the_repo_validates() {
             config.display()
         );
     }
+    // The load balancer's, by HAProxy itself.
+    let lb = repo_root().join("envoy-test/configs/lb.cfg");
+    let output = Command::new("haproxy")
+        .arg("-c")
+        .arg("-f")
+        .arg(&lb)
+        .output()
+        .expect("haproxy (make deps-apt installs it)");
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success() && all.contains("Configuration file is valid"),
+        "{}:\n{all}",
+        lb.display()
+    );
 }
