@@ -87,17 +87,18 @@ test-envoy: $(MODULE) deps-venv
 	ENVOY_BIN=$(abspath $(ENVOY)) PLUGIN_WASM=$(abspath $(MODULE)) \
 	  cargo test --locked -p envoy-test -- --test-threads 2
 
-# wasmplugin/ against Istio's WasmPlugin schema and real Envoy. The schema is
-# npm's @kubernetes-models/istio, pinned in envoy-test/istio-schema/
-# package-lock.json and installed there (npm ci, Node.js and npm from Debian
-# when missing) the first time: generated from Istio 1.29.2's CRDs, its
-# WasmPlugin schema is the one Istio 1.27 to 1.30 ship. ISTIO_CRD=<path> to
-# another WasmPlugin CRD (alone, or in a customresourcedefinitions.gen.yaml)
-# validates against that instead.
+# wasmplugin/ against Istio's schemas (WasmPlugin, DestinationRule) and real
+# Envoy. The schemas are npm's @kubernetes-models/istio, pinned in
+# envoy-test/istio-schema/package-lock.json and installed there (npm ci,
+# Node.js and npm from Debian when missing) the first time: generated from
+# Istio 1.29.2's CRDs, its WasmPlugin schema is the one Istio 1.27 to 1.30
+# ship. ISTIO_CRD=<path> to another WasmPlugin CRD (alone, or in a
+# customresourcedefinitions.gen.yaml) validates against that instead, and the
+# DestinationRule against the file's own DestinationRule CRD when it has one.
 ISTIO_CRD ?=
 ISTIO_SCHEMA := envoy-test/istio-schema
 ISTIO_SCHEMA_INSTALLED := $(ISTIO_SCHEMA)/node_modules/.package-lock.json
-test-manifests: $(MODULE) deps-venv $(if $(ISTIO_CRD),,$(ISTIO_SCHEMA_INSTALLED))
+test-manifests: $(MODULE) deps-venv $(ISTIO_SCHEMA_INSTALLED)
 	@echo "test-manifests: Istio's WasmPlugin schema from $(if $(ISTIO_CRD),$(ISTIO_CRD),@kubernetes-models/istio ($(ISTIO_SCHEMA)))"
 	ISTIO_CRD=$(if $(ISTIO_CRD),$(abspath $(ISTIO_CRD))) ENVOY_BIN=$(abspath $(ENVOY)) PLUGIN_WASM=$(abspath $(MODULE)) \
 	  $(VENV)/bin/pytest -q -p no:cacheprovider envoy-test/test_manifests.py

@@ -1,19 +1,21 @@
-"""Every WasmPlugin manifest in wasmplugin/ is one Istio accepts and one the
-filter accepts.
+"""Every manifest in wasmplugin/ is one Istio accepts, and every WasmPlugin
+one the filter accepts.
 
-- Istio: each document validates against Istio's WasmPlugin schema, and the
-  CRD's CEL rules, which OpenAPI validators do not evaluate, are checked here
-  by hand. The schema is npm's @kubernetes-models/istio 3.0.1, pinned in
+- Istio: each document validates against Istio's schema for its kind
+  (WasmPlugin, and the DestinationRule of session affinity), and the CRD's
+  CEL rules, which OpenAPI validators do not evaluate, are checked here by
+  hand. The schemas are npm's @kubernetes-models/istio 3.0.1, pinned in
   envoy-test/istio-schema/package-lock.json and installed there by
-  `make test-manifests`. The package generates it from Istio 1.29.2's CRDs;
-  istio/api's WasmPlugin CRD (kubernetes/customresourcedefinitions.gen.yaml)
+  `make test-manifests`. The package generates them from Istio 1.29.2's
+  CRDs; istio/api's WasmPlugin CRD (kubernetes/customresourcedefinitions.gen.yaml)
   is the same from Istio 1.27 to 1.30, and checked field by field against
   it, the package's validator differs only in taking null for an optional
   field and in checking formats (int32, date-time). ISTIO_CRD=<path>
   validates against the openAPIV3Schema of another WasmPlugin CRD instead,
   e.g. a newer Istio's (its customresourcedefinitions.gen.yaml, or the
-  WasmPlugin CRD alone).
-- The filter: each plugin's pluginConfig is loaded into real Envoy with
+  WasmPlugin CRD alone); a DestinationRule is validated against that file's
+  DestinationRule CRD when it holds one, else against the package's.
+- The filter: each WasmPlugin's pluginConfig is loaded into real Envoy with
   build/plugin.wasm (`envoy --mode validate` runs the plugin's on_configure),
   so no example can drift from the configuration the filter really takes.
 """
@@ -23,6 +25,7 @@ import functools
 import json
 import os
 import pathlib
+import re
 import subprocess
 import tempfile
 from urllib.parse import urlparse
@@ -38,7 +41,9 @@ NODE = os.environ.get("NODE", "node")
 ENVOY = os.environ.get("ENVOY_BIN", str(REPO / ".venv/bin/envoy"))
 MODULE = os.environ.get("PLUGIN_WASM", str(REPO / "build/plugin.wasm"))
 ROOT_FOR_TYPE = {"HTTP": "client_ip", "NETWORK": "client_ip_peer"}
-MANIFEST_FILES = {"sidecar.yaml", "ingress-gateway.yaml", "gateway-api.yaml"}
+MANIFEST_FILES = {"sidecar.yaml", "ingress-gateway.yaml", "gateway-api.yaml", "destinationrule-affinity.yaml"}
+# The kinds wasmplugin/ holds, with the API version each is written in.
+API_VERSIONS = {"WasmPlugin": "extensions.istio.io/v1alpha1", "DestinationRule": "networking.istio.io/v1"}
 
 
 def manifests():
@@ -49,24 +54,27 @@ def manifests():
 
 
 MANIFESTS = list(manifests())
+WASM_PLUGINS = [param for param in MANIFESTS if param.values[0].get("kind") == "WasmPlugin"]
+DESTINATION_RULES = [param for param in MANIFESTS if param.values[0].get("kind") == "DestinationRule"]
 
 
 def schema_not_loaded(reason):
-    pytest.fail(f"Istio's WasmPlugin schema could not be loaded: {reason}", pytrace=False)
+    pytest.fail(f"Istio's schema could not be loaded: {reason}", pytrace=False)
 
 
 @functools.cache
-def crd_validator():
-    """The openAPIV3Schema of the WasmPlugin CRD in the file ISTIO_CRD names (the
-    CRD alone, or with others as in customresourcedefinitions.gen.yaml):
-    (validator, None), or (None, why not)."""
+def crd_validator(kind):
+    """The openAPIV3Schema of the CRD of `kind` (in the version API_VERSIONS
+    names) in the file ISTIO_CRD names (the CRD alone, or with others as in
+    customresourcedefinitions.gen.yaml): (validator, None), or (None, why not)."""
     try:
         docs = [doc for doc in yaml.safe_load_all(pathlib.Path(ISTIO_CRD).read_text()) if doc]
         crd = next((doc for doc in docs if doc.get("kind") == "CustomResourceDefinition"
-                    and doc["spec"]["names"]["kind"] == "WasmPlugin"), None)
+                    and doc["spec"]["names"]["kind"] == kind), None)
         if crd is None:
-            raise ValueError("no CustomResourceDefinition for WasmPlugin in it")
-        version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1alpha1")
+            raise ValueError(f"no CustomResourceDefinition for {kind} in it")
+        wanted = API_VERSIONS[kind].split("/")[1]
+        version = next(v for v in crd["spec"]["versions"] if v["name"] == wanted)
         return jsonschema.Draft7Validator(version["schema"]["openAPIV3Schema"]), None
     except (OSError, yaml.YAMLError, AttributeError, KeyError, TypeError, ValueError, StopIteration) as err:
         return None, f"ISTIO_CRD={ISTIO_CRD}: {type(err).__name__}: {err}"
@@ -96,38 +104,49 @@ def npm_schema_violations(docs):
 
 
 def schema_violations(*docs):
-    """For each document, its violations of Istio's WasmPlugin schema ([] if none)."""
+    """For each document, its violations of Istio's schema for its kind ([] if none)."""
+    results = [None] * len(docs)
     if ISTIO_CRD:
-        validator, reason = crd_validator()
-        if validator is None:
-            schema_not_loaded(reason)
-        return [
-            [f"/{'/'.join(map(str, error.absolute_path))} {error.message}" for error in validator.iter_errors(doc)]
-            for doc in docs
-        ]
-    return npm_schema_violations(list(docs))
+        for i, doc in enumerate(docs):
+            validator, reason = crd_validator(doc.get("kind"))
+            if validator is None and doc.get("kind") == "WasmPlugin":
+                schema_not_loaded(reason)
+            if validator is not None:
+                results[i] = [f"/{'/'.join(map(str, error.absolute_path))} {error.message}"
+                              for error in validator.iter_errors(doc)]
+    rest = [i for i, result in enumerate(results) if result is None]
+    if rest:
+        for i, violations in zip(rest, npm_schema_violations([docs[i] for i in rest])):
+            results[i] = violations
+    return results
 
 
 def test_there_are_sidecar_and_gateway_manifests():
     files = {param.id.split(":")[0] for param in MANIFESTS}
     assert MANIFEST_FILES <= files
-    types = [param.values[0]["spec"].get("type") for param in MANIFESTS]
+    # Every document is of a kind checked here; none is passed over.
+    assert {param.values[0].get("kind") for param in MANIFESTS} <= set(API_VERSIONS)
+    types = [param.values[0]["spec"].get("type") for param in WASM_PLUGINS]
     assert types.count("HTTP") >= 3 and types.count("NETWORK") >= 3
+    assert DESTINATION_RULES
 
 
 @pytest.mark.parametrize("doc", MANIFESTS)
 def test_manifest_validates_against_the_istio_schema(doc):
-    assert doc["apiVersion"] == "extensions.istio.io/v1alpha1"
-    assert doc["kind"] == "WasmPlugin"
+    assert doc["kind"] in API_VERSIONS
+    assert doc["apiVersion"] == API_VERSIONS[doc["kind"]]
     assert doc["metadata"]["name"] and doc["metadata"]["namespace"]
     [violations] = schema_violations(doc)
     assert not violations, "\n".join(violations)
-    check_cel_rules(doc["spec"])
+    if doc["kind"] == "WasmPlugin":
+        check_cel_rules(doc["spec"])
+    else:
+        check_destination_rule_cel_rules(doc["spec"])
 
 
 def test_the_schema_check_catches_a_bad_manifest():
     """The schema is really applied: each of these breaks it in one place."""
-    good = MANIFESTS[0].values[0]
+    good = WASM_PLUGINS[0].values[0]
     breakages = {
         "/spec/type": {"type": "TCP"},
         "/spec/failStrategy": {"failStrategy": "FAIL_SOMETIMES"},
@@ -148,6 +167,80 @@ def test_the_schema_check_catches_a_bad_manifest():
         assert any(v.startswith(path + " ") for v in violations), (path, violations)
 
 
+def test_the_schema_check_catches_a_bad_destination_rule():
+    """The DestinationRule schema is really applied: each of these breaks it
+    in one place."""
+    good = DESTINATION_RULES[0].values[0]
+    lb = "/spec/trafficPolicy/loadBalancer"
+    breakages = {
+        "/spec": lambda spec: spec.pop("host"),
+        lb: lambda spec: spec["trafficPolicy"]["loadBalancer"].update(simple="ROUND_ROBIN"),
+        lb + "/simple": lambda spec: spec["trafficPolicy"].update(loadBalancer={"simple": "ROUND_ROBINISH"}),
+        lb + "/consistentHash": lambda spec: spec["trafficPolicy"]["loadBalancer"]["consistentHash"].update(useSourceIp=True),
+        lb + "/consistentHash/httpHeaderName": lambda spec: spec["trafficPolicy"]["loadBalancer"]["consistentHash"].update(httpHeaderName=7),
+    }
+    docs = []
+    for breakage in breakages.values():
+        doc = copy.deepcopy(good)
+        breakage(doc["spec"])
+        docs.append(doc)
+    assert schema_violations(good) == [[]]
+    for path, violations in zip(breakages, schema_violations(*docs)):
+        assert any(v.startswith(path + " ") for v in violations), (path, violations)
+    # A duration is one of the CRD's CEL rules, checked by hand.
+    with pytest.raises(AssertionError, match="1ms"):
+        check_destination_rule_cel_rules({"host": "h", "trafficPolicy": {"connectionPool": {"tcp": {"connectTimeout": "0.5ms"}}}})
+
+
+@pytest.mark.parametrize("doc", DESTINATION_RULES)
+def test_affinity_hashes_the_header_client_ip_writes_at_the_gateways(doc):
+    """The DestinationRule hashes the client header the gateways' client-ip
+    writes, for httpbin, the service the sidecar manifest serves."""
+    header = doc["spec"]["trafficPolicy"]["loadBalancer"]["consistentHash"]["httpHeaderName"]
+    gateways = [param.values[0] for param in WASM_PLUGINS
+                if param.id.split(":")[0] in {"ingress-gateway.yaml", "gateway-api.yaml"}
+                and param.values[0]["spec"].get("type", "HTTP") == "HTTP"]
+    assert len(gateways) >= 2
+    for plugin in gateways:
+        written = plugin["spec"].get("pluginConfig", {}).get("client_ip_header", "x-real-ip")
+        assert written == header.lower(), plugin["metadata"]
+    assert doc["spec"]["host"] == f"httpbin.{doc['metadata']['namespace']}.svc.cluster.local"
+
+
+def go_duration_seconds(text):
+    """A Go duration string (what the CRD's CEL duration() takes), in seconds."""
+    units = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
+    parts = re.findall(r"([0-9]*\.?[0-9]+)(ns|us|µs|ms|s|m|h)", text)
+    assert parts and "".join(n + u for n, u in parts) == text, f"{text!r} is not a duration"
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+# The DestinationRule fields whose CEL rule is `duration(self) >= duration('1ms')`.
+DURATION_FIELDS = {"idleTimeout", "connectTimeout", "maxConnectionDuration", "interval", "time",
+                   "duration", "warmupDurationSecs", "baseEjectionTime"}
+
+
+def check_destination_rule_cel_rules(spec):
+    """The DestinationRule CRD's x-kubernetes-validations, by hand: label
+    selectors without wildcards or empty keys, durations of at least 1ms."""
+    for key, value in spec.get("workloadSelector", {}).get("matchLabels", {}).items():
+        assert key and "*" not in key and "*" not in value, "no wildcards or empty keys in labels"
+
+    def walk(node):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "labels":
+                    continue
+                if key in DURATION_FIELDS and isinstance(value, str):
+                    assert go_duration_seconds(value) >= 1e-3, f"{key}: must be a valid duration greater than 1ms"
+                walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+    walk(spec.get("trafficPolicy", {}))
+    walk(spec.get("subsets", []))
+
+
 def check_cel_rules(spec):
     """The CRD's x-kubernetes-validations, by hand."""
     scheme = urlparse(spec["url"] if "://" in spec["url"] else "http://" + spec["url"]).scheme
@@ -160,7 +253,7 @@ def check_cel_rules(spec):
         assert ref is None or not ref.get("namespace"), "cross namespace referencing is not supported"
 
 
-@pytest.mark.parametrize("doc", MANIFESTS)
+@pytest.mark.parametrize("doc", WASM_PLUGINS)
 def test_manifest_names_a_root_of_the_module(doc):
     spec = doc["spec"]
     assert spec["url"].startswith("oci://")
@@ -224,14 +317,14 @@ def envoy_accepts(spec):
     return run.returncode == 0 and " OK" in output, output
 
 
-@pytest.mark.parametrize("doc", MANIFESTS)
+@pytest.mark.parametrize("doc", WASM_PLUGINS)
 def test_plugin_config_is_accepted_by_the_filter(doc):
     ok, output = envoy_accepts(doc["spec"])
     assert ok, output
 
 
 def test_the_filter_check_catches_a_bad_plugin_config():
-    spec = next(p.values[0]["spec"] for p in MANIFESTS if p.values[0]["spec"].get("type") == "HTTP")
+    spec = next(p.values[0]["spec"] for p in WASM_PLUGINS if p.values[0]["spec"].get("type") == "HTTP")
     bad = dict(spec, pluginConfig=dict(spec["pluginConfig"], xff_mode="bogus"))
     ok, output = envoy_accepts(bad)
     assert not ok

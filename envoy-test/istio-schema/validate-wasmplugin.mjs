@@ -1,26 +1,36 @@
-// Validates WasmPlugin documents against Istio's WasmPlugin schema.
+// Validates the documents of wasmplugin/ against Istio's schemas: WasmPlugin
+// (extensions.istio.io/v1alpha1) and DestinationRule (networking.istio.io/v1).
 //
-// The schema comes from npm's @kubernetes-models/istio (pinned in
-// package-lock.json), which generates it from an Istio release's CRDs (its
+// The schemas come from npm's @kubernetes-models/istio (pinned in
+// package-lock.json), which generates them from an Istio release's CRDs (its
 // package.json: istio/istio 1.29.2, manifests/charts/base/files/
 // crd-all.gen.yaml). Istio's WasmPlugin CRD is the same from 1.27 to 1.30.
-// The package keeps no JSON copy of the schema: it ships the CRD's
+// The package keeps no JSON copy of a schema: it ships each CRD's
 // openAPIV3Schema compiled into an Ajv validator
-// (_schemas/ExtensionsIstioIoV1alpha1WasmPlugin.js), which the WasmPlugin
-// model's validate() runs; it also checks apiVersion, kind and metadata.
-// Like any OpenAPI validator it does not run the CRD's
-// x-kubernetes-validations (CEL) rules.
+// (_schemas/ExtensionsIstioIoV1alpha1WasmPlugin.js,
+// _schemas/NetworkingIstioIoV1DestinationRule.js), which the model's
+// validate() runs; it also checks apiVersion, kind and metadata. Like any
+// OpenAPI validator it does not run the CRDs' x-kubernetes-validations (CEL)
+// rules.
 //
 // stdin: a JSON array of documents. stdout: a JSON array holding, for each
-// document, its list of violations ([] when it is valid). Exits non-zero,
-// with the reason on stderr, when the schema cannot be loaded.
+// document, its list of violations ([] when it is valid; a kind without a
+// model here is one). Exits non-zero, with the reason on stderr, when a
+// schema cannot be loaded.
 
 import { readFileSync } from "node:fs";
 import { WasmPlugin } from "@kubernetes-models/istio/extensions.istio.io/v1alpha1/WasmPlugin";
+import { DestinationRule } from "@kubernetes-models/istio/networking.istio.io/v1/DestinationRule";
+
+const MODELS = { WasmPlugin, DestinationRule };
 
 function violations(doc) {
+  const Model = MODELS[doc?.kind];
+  if (!Model) {
+    return [`/kind ${JSON.stringify(doc?.kind)} has no schema here: one of ${Object.keys(MODELS).join(", ")}`];
+  }
   try {
-    new WasmPlugin(doc).validate();
+    new Model(doc).validate();
     return [];
   } catch (err) {
     if (!Array.isArray(err.errors)) throw err;
