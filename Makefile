@@ -69,6 +69,9 @@ test: lint test-unit test-wasm test-envoy test-manifests test-fuzz
 lint:
 	cargo fmt --all --check
 	cargo clippy --locked --workspace --all-targets -- -D warnings
+	@# The ABI callbacks exist only in the wasm32 build.
+	rustup target add $(WASM_TARGET) >/dev/null
+	cargo clippy --locked -p client-ip --release --target $(WASM_TARGET) -- -D warnings
 
 test-unit:
 	cargo test --locked -p client-ip

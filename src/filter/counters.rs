@@ -5,7 +5,7 @@
 
 use std::cell::Cell;
 
-use super::host;
+use super::host::{Host, MetricKind, Status};
 
 /// Stat names, in the order [`Tally::take`] returns them.
 pub const NAMES: [&str; 10] = [
@@ -78,25 +78,25 @@ pub struct Stats {
 }
 
 impl Stats {
-    pub fn define() -> Result<Stats, host::Status> {
+    pub fn define(host: &impl Host) -> Result<Stats, Status> {
         let ids = NAMES
             .iter()
-            .map(|name| host::define_counter(name))
+            .map(|name| host.define_metric(MetricKind::Counter, name))
             .collect::<Result<Vec<_>, _>>()?;
-        let memory_gauge = host::define_gauge(MEMORY_GAUGE)?;
+        let memory_gauge = host.define_metric(MetricKind::Gauge, MEMORY_GAUGE)?;
         Ok(Stats { ids, memory_gauge })
     }
 
     /// Adds what the tally holds to Envoy's counters and empties it.
-    pub fn flush(&self, tally: &Tally) {
+    pub fn flush(&self, host: &impl Host, tally: &Tally) {
         for (id, delta) in self.ids.iter().zip(tally.take()) {
             if delta > 0 {
-                if let Err(status) = host::increment_counter(*id, delta) {
+                if let Err(status) = host.increment_metric(*id, delta) {
                     log::debug!("counter {id} not incremented (host status {status})");
                 }
             }
         }
-        if let Err(status) = host::record_gauge(self.memory_gauge, linear_memory_bytes()) {
+        if let Err(status) = host.record_metric(self.memory_gauge, linear_memory_bytes()) {
             log::debug!("memory gauge not recorded (host status {status})");
         }
     }

@@ -2,13 +2,10 @@
 
 use std::cell::RefCell;
 use std::net::IpAddr;
-use std::rc::Rc;
-
-use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::Action;
 
 use super::counters::{bump, Tally};
-use super::host::{self, path};
+use super::host::{path, serialize_headers, Host};
+use super::Action;
 use crate::access::Decision;
 use crate::address::{parse_forwarded_entry, parse_socket_peer, IpText};
 use crate::config::{ClientIpSource, FilterConfig, XffMode};
@@ -43,14 +40,16 @@ impl HttpShared {
             config,
             tally: Tally::default(),
             scratch: RefCell::new(Vec::with_capacity(256)),
-            deny_headers: host::serialize_headers(&[("content-type", "text/plain")]),
+            deny_headers: serialize_headers(&[("content-type", "text/plain")]),
         }
     }
 
-    fn serve_request(&self) -> Action {
+    /// One request's headers: resolve the client, apply the access lists,
+    /// rewrite the headers and publish the client.
+    pub fn serve_request(&self, host: &impl Host) -> Action {
         let tally = &self.tally;
         bump(&tally.requests, 1);
-        let peer = read_peer();
+        let peer = read_peer(host);
         if peer.is_none() {
             bump(&tally.peer_unknown, 1);
         }
@@ -59,7 +58,7 @@ impl HttpShared {
         let reads_xff =
             config.source == ClientIpSource::XForwardedFor || config.xff_mode == XffMode::Append;
         let seen_xff = if reads_xff {
-            logged(X_FORWARDED_FOR, host::get_request_header(X_FORWARDED_FOR)).flatten()
+            logged(X_FORWARDED_FOR, host.get_request_header(X_FORWARDED_FOR)).flatten()
         } else {
             None
         };
@@ -71,14 +70,14 @@ impl HttpShared {
         };
         let received_xff = envoy_appended_to.or(seen_xff.as_deref());
         let peer_identity =
-            || logged("peer identity", host::get_property(path::PEER_URI_SAN)).flatten();
+            || logged("peer identity", host.get_property(path::PEER_URI_SAN)).flatten();
         let resolution = match &config.source {
             ClientIpSource::XForwardedFor => {
                 resolve_client(&config.trust, peer, peer_identity, received_xff)
             }
             // Another header is read only when the peer is trusted.
             source => resolve_client_from(&config.trust, peer, peer_identity, source, || {
-                logged(source.header_name(), host::get_property(&self.source_path)).flatten()
+                logged(source.header_name(), host.get_property(&self.source_path)).flatten()
             }),
         };
         bump(
@@ -117,31 +116,32 @@ impl HttpShared {
                     shown(client.as_ref()),
                     reason.as_str()
                 );
-                publish_client(client.as_ref());
-                self.deny();
+                publish_client(host, client.as_ref());
+                self.deny(host);
                 return Action::Pause;
             }
         }
 
         if let Some(header) = &self.config.client_ip_header {
-            self.write_client_header(header, client.as_ref());
+            self.write_client_header(host, header, client.as_ref());
         }
         self.write_forwarding_headers(
+            host,
             received_xff,
             envoy_appended_to.is_some(),
             peer,
             client.as_ref(),
         );
-        publish_client(client.as_ref());
+        publish_client(host, client.as_ref());
         Action::Continue
     }
 
     /// Answers a denied request; it never reaches the application. Should
     /// Envoy refuse the reply, the request stays paused rather than go on.
-    fn deny(&self) {
+    fn deny(&self, host: &impl Host) {
         let status = self.config.access.deny_status;
         if let Err(status_code) =
-            host::send_local_response(status, DENY_DETAILS, DENY_BODY, &self.deny_headers)
+            host.send_local_response(status, DENY_DETAILS, DENY_BODY, &self.deny_headers)
         {
             log::warn!("denial not answered (host status {status_code}); the request is held");
         }
@@ -149,19 +149,24 @@ impl HttpShared {
 
     /// The header is always replaced, never appended, so whatever the client
     /// sent under that name never reaches the application.
-    fn write_client_header(&self, header: &str, client: Option<&IpText>) {
+    fn write_client_header(&self, host: &impl Host, header: &str, client: Option<&IpText>) {
         let wanted = client.map(IpText::as_bytes);
-        if let Some(received) = logged(header, host::get_request_header(header)).flatten() {
+        if let Some(received) = logged(header, host.get_request_header(header)).flatten() {
             if Some(received.as_slice()) != wanted {
                 bump(&self.tally.forged_header_replaced, 1);
             }
         }
-        apply(header, wanted.map_or(HeaderEdit::Remove, HeaderEdit::Set));
+        apply(
+            host,
+            header,
+            wanted.map_or(HeaderEdit::Remove, HeaderEdit::Set),
+        );
     }
 
     /// X-Forwarded-For and Forwarded, as their modes say.
     fn write_forwarding_headers(
         &self,
+        host: &impl Host,
         received: Option<&[u8]>,
         envoy_appended: bool,
         peer: Option<IpAddr>,
@@ -176,9 +181,9 @@ impl HttpShared {
                 client,
                 scratch,
             );
-            apply(X_FORWARDED_FOR, edit);
+            apply(host, X_FORWARDED_FOR, edit);
             let edit = forwarded_edit(self.config.forwarded_mode, client, scratch);
-            apply(FORWARDED, edit);
+            apply(host, FORWARDED, edit);
         });
     }
 
@@ -194,11 +199,11 @@ impl HttpShared {
 
 /// The client as filter state `wasm.client_ip`, for access logs and other
 /// filters.
-fn publish_client(client: Option<&IpText>) {
+fn publish_client(host: &impl Host, client: Option<&IpText>) {
     if let Some(client) = client {
         logged(
             "filter state",
-            host::set_property(path::CLIENT_IP, client.as_bytes()),
+            host.set_property(path::CLIENT_IP, client.as_bytes()),
         );
     }
 }
@@ -208,11 +213,11 @@ fn shown(client: Option<&IpText>) -> &str {
     client.map_or("unknown", IpText::as_str)
 }
 
-fn apply(header: &str, edit: HeaderEdit) {
+fn apply(host: &impl Host, header: &str, edit: HeaderEdit) {
     let result = match edit {
         HeaderEdit::Keep => return,
-        HeaderEdit::Set(value) => host::set_request_header(header, value),
-        HeaderEdit::Remove => host::remove_request_header(header),
+        HeaderEdit::Set(value) => host.set_request_header(header, value),
+        HeaderEdit::Remove => host.remove_request_header(header),
     };
     logged(header, result);
 }
@@ -222,17 +227,17 @@ fn apply(header: &str, edit: HeaderEdit) {
 /// With `use_remote_address: false` and an X-Forwarded-For present, Envoy's
 /// `source.address` is that header's rightmost entry with port 0, which the
 /// client controls, so then the peer is unknown.
-fn read_peer() -> Option<IpAddr> {
-    if let Some(recorded) = logged("peer", host::get_property(path::CLIENT_IP_PEER)).flatten() {
+fn read_peer(host: &impl Host) -> Option<IpAddr> {
+    if let Some(recorded) = logged("peer", host.get_property(path::CLIENT_IP_PEER)).flatten() {
         return parse_forwarded_entry(&recorded);
     }
-    let source = logged("peer", host::get_property(path::SOURCE_ADDRESS)).flatten()?;
+    let source = logged("peer", host.get_property(path::SOURCE_ADDRESS)).flatten()?;
     parse_socket_peer(&source)
 }
 
 /// A failed host call never fails the request: it is logged and the request
 /// goes on without that step.
-fn logged<T>(what: &str, result: Result<T, host::Status>) -> Option<T> {
+fn logged<T>(what: &str, result: Result<T, super::host::Status>) -> Option<T> {
     match result {
         Ok(value) => Some(value),
         Err(status) => {
@@ -242,31 +247,13 @@ fn logged<T>(what: &str, result: Result<T, host::Status>) -> Option<T> {
     }
 }
 
-pub struct ClientIpStream {
-    shared: Option<Rc<HttpShared>>,
-}
-
-impl ClientIpStream {
-    pub fn new(shared: Option<Rc<HttpShared>>) -> Self {
-        ClientIpStream { shared }
-    }
-}
-
-impl Context for ClientIpStream {}
-
-impl HttpContext for ClientIpStream {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        match &self.shared {
-            Some(shared) => return shared.serve_request(),
-            // Envoy creates no stream for a root whose configuration failed;
-            // were it to, the forgeable header must still not pass.
-            None => {
-                logged(
-                    "x-real-ip",
-                    host::remove_request_header(crate::config::DEFAULT_CLIENT_IP_HEADER),
-                );
-            }
-        }
-        Action::Continue
-    }
+/// A stream whose root has no configuration (Envoy creates none for a root
+/// whose configuration failed; were it to, the forgeable header must still
+/// not pass).
+pub fn serve_unconfigured(host: &impl Host) -> Action {
+    logged(
+        crate::config::DEFAULT_CLIENT_IP_HEADER,
+        host.remove_request_header(crate::config::DEFAULT_CLIENT_IP_HEADER),
+    );
+    Action::Continue
 }
