@@ -216,18 +216,16 @@ impl FilterConfig {
             Some(name) => Some(check_header_name(
                 "client_ip_header",
                 &name,
-                RESERVED_HEADERS,
+                FORWARDING_HEADERS,
             )?),
         };
         let source = match raw.client_ip_source {
             None => ClientIpSource::default(),
-            Some(name) => {
-                match check_header_name("client_ip_source", &name, UNREADABLE_SOURCES)?.as_str() {
-                    "x-forwarded-for" => ClientIpSource::XForwardedFor,
-                    "forwarded" => ClientIpSource::Forwarded,
-                    header => ClientIpSource::Header(header.to_owned()),
-                }
-            }
+            Some(name) => match check_header_name("client_ip_source", &name, &[])?.as_str() {
+                "x-forwarded-for" => ClientIpSource::XForwardedFor,
+                "forwarded" => ClientIpSource::Forwarded,
+                header => ClientIpSource::Header(header.to_owned()),
+            },
         };
         let trusted_proxies =
             parse_net_list("trusted_proxies", &raw.trusted_proxies, MAX_TRUSTED_PROXIES)?;
@@ -411,10 +409,9 @@ fn normalize_mapped_net(net: IpNet) -> IpNet {
     net
 }
 
-/// Header names that would break the request or fight with X-Forwarded-For.
-const RESERVED_HEADERS: &[&str] = &[
-    "x-forwarded-for",
-    "forwarded",
+/// Headers that never carry a client address and must not be rewritten:
+/// Host and the framing and hop-by-hop headers.
+const FRAMING_HEADERS: &[&str] = &[
     "host",
     "content-length",
     "transfer-encoding",
@@ -424,17 +421,12 @@ const RESERVED_HEADERS: &[&str] = &[
     "te",
 ];
 
-/// Headers that never carry a client address.
-const UNREADABLE_SOURCES: &[&str] = &[
-    "host",
-    "content-length",
-    "transfer-encoding",
-    "connection",
-    "keep-alive",
-    "upgrade",
-    "te",
-];
+/// What the client header may not be besides those: the headers the filter
+/// writes by their own rules.
+const FORWARDING_HEADERS: &[&str] = &["x-forwarded-for", "forwarded"];
 
+/// A valid header name, lower-cased, that is none of the framing headers
+/// nor of `reserved`.
 fn check_header_name(field: &str, name: &str, reserved: &[&str]) -> Result<String, ConfigError> {
     let is_token_byte = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
     if name.is_empty() || !name.bytes().all(is_token_byte) {
@@ -444,7 +436,7 @@ fn check_header_name(field: &str, name: &str, reserved: &[&str]) -> Result<Strin
         ));
     }
     let lower = name.to_ascii_lowercase();
-    if reserved.contains(&lower.as_str()) {
+    if FRAMING_HEADERS.contains(&lower.as_str()) || reserved.contains(&lower.as_str()) {
         return Err(ConfigError::new(
             field,
             format!("{name:?} is reserved; choose a header of its own such as \"x-real-ip\""),
