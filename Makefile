@@ -26,7 +26,7 @@ KEEP_EXPORTS := memory _initialize proxy_abi_version_0_2_1 proxy_on_memory_alloc
 	proxy_on_new_connection proxy_on_request_headers proxy_on_delete
 
 RUST_SOURCES := Cargo.toml Cargo.lock $(shell find src -name '*.rs')
-APT_PACKAGES := binaryen buildah curl docker-registry haproxy openssl wabt wrk
+APT_PACKAGES := binaryen buildah curl docker-registry haproxy nghttp2-client openssl wabt wrk
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
 .PHONY: build image push bench fuzz soak run certs test test-fuzz test-unit test-wasm test-envoy test-manifests lint deps deps-apt deps-venv clean
@@ -180,7 +180,12 @@ soak: $(MODULE) deps-venv
 
 # ---------------------------------------------------------------- bench
 # Not part of `make test`: timings belong here. Writes BENCHMARKS.md and
-# benchmarks.svg. BENCH_ROUNDS and BENCH_SECONDS shorten or lengthen it.
+# benchmarks.svg (about 18 minutes on 2 CPUs). BENCH_ROUNDS and BENCH_SECONDS
+# shorten or lengthen it; BENCH_CHAINS (names or patterns, see
+# `envoy-test/bench.py --list`) and BENCH_WORKLOADS (keep-alive,
+# new-connection, http2) run part of it; BENCH_OUT writes the report (and the
+# chart beside it) elsewhere. wrk drives HTTP/1.1, h2load (nghttp2-client)
+# HTTP/2.
 bench: $(MODULE) deps-venv | deps-apt
 	ENVOY_BIN=$(abspath $(ENVOY)) PLUGIN_WASM=$(abspath $(MODULE)) $(VENV)/bin/python envoy-test/bench.py
 
