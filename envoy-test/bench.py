@@ -52,6 +52,9 @@ import urllib.request
 REPO = pathlib.Path(__file__).resolve().parent.parent
 ENVOY = os.environ.get("ENVOY_BIN", str(REPO / ".venv/bin/envoy"))
 MODULE = pathlib.Path(os.environ.get("PLUGIN_WASM", REPO / "build/plugin.wasm"))
+# Another build of the module to run beside this one (both roots, default
+# configuration), for a before-and-after in the same run.
+COMPARE_MODULE = os.environ.get("BENCH_COMPARE_MODULE")
 RAW_MODULE = REPO / "target/wasm32-wasip1/release/client_ip.wasm"
 SIZE_TARGET_KIB = 180
 # The target for client-ip's added CPU per request, as a multiple of the job
@@ -82,8 +85,10 @@ MODULE_FEATURES_CONFIG = json.dumps({
     "deny_clients": ["192.0.2.0/24"],
     "client_ip_source": "forwarded",
 })
+# The two per-request extras a user can opt into, each one host call.
+MODULE_OPT_INS_CONFIG = json.dumps({"publish_filter_state": True, "count_forged_headers": True})
 FEATURE_FIELDS = ("trusted_identities", "trusted_proxies", "trusted_hops", "allow_clients", "deny_clients",
-                  "client_ip_source", "access_dry_run")
+                  "client_ip_source", "access_dry_run", "publish_filter_state", "count_forged_headers")
 
 # The hand-written modules: chain -> (module, plugin configuration).
 WAT = {
@@ -120,11 +125,15 @@ CHAINS = [
     (EXTRA_ENTRY[0], "probe: one more VM entry"),
     ("module", "client-ip, both roots (documented deployment)"),
     ("module_features", "client-ip, both roots, newer features configured"),
+    ("module_opt_ins", "client-ip, both roots, filter state and forged-header count on"),
     ("http_root", "client-ip, HTTP root alone"),
     ("http_root_quiet", "client-ip, HTTP root alone, writing no header"),
+    *([("module_compare", f"client-ip, both roots, from {pathlib.Path(COMPARE_MODULE).name}")]
+      if COMPARE_MODULE else []),
 ]
 LABELS = dict(CHAINS)
-CLIENT_IP_CHAINS = ("module", "module_features", "http_root", "http_root_quiet")
+CLIENT_IP_CHAINS = ("module", "module_features", "module_opt_ins", "http_root", "http_root_quiet",
+                    *(("module_compare",) if COMPARE_MODULE else ()))
 # Chains doing the job, whose added cost is shown as a multiple of the floor's.
 JOB_CHAINS = ("lua", "job_floor", *CLIENT_IP_CHAINS)
 
@@ -170,21 +179,25 @@ def chain_listener(chain, port, compiled):
     http_filters = []
     network_filters = []
     if chain in CLIENT_IP_CHAINS:
-        # The quiet variant still resolves and publishes filter state, but
-        # reads and writes no client header and leaves XFF alone: the
-        # difference shows what those header calls cost.
+        # The quiet variant still reads the peer and resolves, but writes
+        # no client header and leaves XFF alone: the difference shows what
+        # those header calls cost.
         plugin_config = {
             "module": MODULE_DEFAULT_CONFIG,
             "http_root": MODULE_DEFAULT_CONFIG,
             "http_root_quiet": '{"client_ip_header": "", "xff_mode": "preserve"}',
             "module_features": MODULE_FEATURES_CONFIG,
+            "module_opt_ins": MODULE_OPT_INS_CONFIG,
+            "module_compare": MODULE_DEFAULT_CONFIG,
         }[chain]
-        # The client-ip chains share one VM, as the roots of one module do.
-        http_filters.append(wasm_http_filter(wasm_config(chain, "client_ip", "client_ip", MODULE, plugin_config)))
-    if chain in ("module", "module_features"):
+        # The client-ip chains share one VM, as the roots of one module do;
+        # the other build gets its own.
+        module, vm_id = (COMPARE_MODULE, "client_ip_compare") if chain == "module_compare" else (MODULE, "client_ip")
+        http_filters.append(wasm_http_filter(wasm_config(chain, "client_ip", vm_id, module, plugin_config)))
+    if chain in ("module", "module_features", "module_opt_ins", "module_compare"):
         network_filters.append({"name": "envoy.filters.network.wasm", "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.network.wasm.v3.Wasm",
-            "config": wasm_config(f"{chain}_peer", "client_ip_peer", "client_ip", MODULE)}})
+            "config": wasm_config(f"{chain}_peer", "client_ip_peer", vm_id, module)}})
     if chain in WASM_CHAINS:
         # Each in a VM of its own: a module's globals (the probe's operation)
         # are the VM's, shared by every plugin in it.
@@ -552,7 +565,8 @@ def write_report(args, chains, workloads, results, rounds, memory):
         "- client-ip: the default chains configure nothing (`{}`), so every optional feature is off; the "
         f"features chain configures `{MODULE_FEATURES_CONFIG}` (the peer, `127.0.0.1` in plaintext, is trusted by "
         "none of them, so per request this adds the read of its identity, absent in plaintext, and address lookups; "
-        "`Forwarded` is never read)",
+        "`Forwarded` is never read); the opt-ins chain configures "
+        f"`{MODULE_OPT_INS_CONFIG}`, one more host call each per request",
         "- client-ip, HTTP root alone: without the network root's record, and with `X-Forwarded-For` present, the "
         "peer cannot be known on these listeners (Envoy's `source.address` is the header's entry, port 0), so these "
         "chains measure that path: the client is unknown and `x-real-ip` is removed, not written",

@@ -136,6 +136,12 @@ pub struct FilterConfig {
     pub source: ClientIpSource,
     pub trust: TrustPolicy,
     pub access: AccessPolicy,
+    /// Publish the client as filter state `wasm.client_ip` (one host call
+    /// per request).
+    pub publish_filter_state: bool,
+    /// Read the client header as received, to count forged ones (one host
+    /// call per request).
+    pub count_forged_headers: bool,
 }
 
 impl Default for FilterConfig {
@@ -147,6 +153,8 @@ impl Default for FilterConfig {
             source: ClientIpSource::default(),
             trust: TrustPolicy::default(),
             access: AccessPolicy::default(),
+            publish_filter_state: false,
+            count_forged_headers: false,
         }
     }
 }
@@ -196,6 +204,10 @@ struct RawFilterConfig {
     #[serde(default)]
     access_dry_run: bool,
     deny_status: Option<u16>,
+    #[serde(default)]
+    publish_filter_state: bool,
+    #[serde(default)]
+    count_forged_headers: bool,
 }
 
 /// The network filter records the peer and takes no settings.
@@ -291,6 +303,8 @@ impl FilterConfig {
                 trusted_identities,
             },
             access,
+            publish_filter_state: raw.publish_filter_state,
+            count_forged_headers: raw.count_forged_headers,
         })
     }
 
@@ -478,6 +492,12 @@ mod tests {
         assert_eq!(config.xff_mode, XffMode::Overwrite);
         assert_eq!(config.forwarded_mode, ForwardedMode::Overwrite);
         assert_eq!(config.client_ip_header.as_deref(), Some("x-client-ip"));
+        assert!(!config.publish_filter_state && !config.count_forged_headers);
+        let opted_in = FilterConfig::from_json(
+            br#"{"publish_filter_state":true,"count_forged_headers":true}"#,
+        )
+        .unwrap();
+        assert!(opted_in.publish_filter_state && opted_in.count_forged_headers);
         let nets: Vec<String> = config
             .trust
             .trusted_proxies
@@ -543,6 +563,16 @@ mod tests {
             (r#"{"deny_status":600}"#, "deny_status", "600"),
             (r#"{"deny_status":70000}"#, "deny_status", "70000"),
             (r#"{"access_dry_run":"yes"}"#, "access_dry_run", "yes"),
+            (
+                r#"{"publish_filter_state":1}"#,
+                "publish_filter_state",
+                "integer `1`",
+            ),
+            (
+                r#"{"count_forged_headers":"true"}"#,
+                "count_forged_headers",
+                "true",
+            ),
             (r#"{"client_ip_source":""}"#, "client_ip_source", "\"\""),
             (
                 r#"{"client_ip_source":"cf connecting ip"}"#,

@@ -281,6 +281,7 @@ pub fn access_log(path: &Path) -> Value {
                 "downstream_direct_remote_address": "%DOWNSTREAM_DIRECT_REMOTE_ADDRESS%",
                 "upstream_local_address": "%UPSTREAM_LOCAL_ADDRESS%",
                 "x_forwarded_for": "%REQ(X-FORWARDED-FOR)%",
+                "x_real_ip": "%REQ(X-REAL-IP)%",
                 "client_ip": "%FILTER_STATE(wasm.client_ip:PLAIN)%",
                 "client_ip_peer": "%FILTER_STATE(wasm.client_ip_peer:PLAIN)%",
                 "path": "%REQ(:PATH)%",

@@ -16,7 +16,7 @@ fn denied(envoy: &Envoy, request: Request, listener: &str) {
 fn a_denied_client_never_reaches_the_application() {
     let envoy = Envoy::start(&[Listener::sidecar(
         "sidecar",
-        r#"{"deny_clients":["127.0.0.66","10.6.0.0/16"]}"#,
+        r#"{"deny_clients":["127.0.0.66","10.6.0.0/16"],"publish_filter_state":true}"#,
     )]);
     // Whatever it writes: addresses that are not denied, in every header the
     // filter reads or writes.
@@ -46,6 +46,8 @@ fn a_denied_client_never_reaches_the_application() {
         .find(|entry| entry["response_code"] == 403)
         .unwrap_or_else(|| panic!("no 403 in {log:?}"));
     assert_eq!(denial["client_ip"], "127.0.0.66");
+    // The client header too, though the request went no further.
+    assert_eq!(denial["x_real_ip"], "127.0.0.66");
     assert_eq!(denial["response_code_details"], "client_ip_denied");
     envoy.assert_no_vm_crash();
 }

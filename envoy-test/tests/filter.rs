@@ -20,7 +20,10 @@ fn http_root_only(name: &str, plugin_json: &str) -> Listener {
 
 #[test]
 fn untrusted_clients_are_who_their_socket_says() {
-    let envoy = Envoy::start(&[Listener::sidecar("sidecar", "{}")]);
+    let envoy = Envoy::start(&[Listener::sidecar(
+        "sidecar",
+        r#"{"count_forged_headers":true}"#,
+    )]);
     let sidecar = envoy.listener("sidecar");
     for n in 11..=15 {
         let client = format!("127.0.0.{n}");
@@ -415,10 +418,13 @@ fn gateway_with_both_roots() {
 
 #[test]
 fn client_ip_reaches_access_logs_through_filter_state() {
-    let envoy = Envoy::start(&[Listener::sidecar(
-        "sidecar",
-        r#"{"trusted_proxies":["127.0.0.10"]}"#,
-    )]);
+    let envoy = Envoy::start(&[
+        Listener::sidecar(
+            "sidecar",
+            r#"{"trusted_proxies":["127.0.0.10"],"publish_filter_state":true}"#,
+        ),
+        Listener::sidecar("default", r#"{"trusted_proxies":["127.0.0.10"]}"#),
+    ]);
     Request::get("/logged")
         .from("127.0.0.10")
         .header("x-forwarded-for", "203.0.113.7")
@@ -427,6 +433,8 @@ fn client_ip_reaches_access_logs_through_filter_state() {
     let entry = wait_for_log_entry(&envoy, "sidecar", "/logged");
     assert_eq!(entry["client_ip"], "203.0.113.7");
     assert_eq!(entry["client_ip_peer"], "127.0.0.10");
+    // The client header as the filter wrote it, in every configuration.
+    assert_eq!(entry["x_real_ip"], "203.0.113.7");
     // What Envoy itself believes with use_remote_address: false.
     assert_eq!(entry["downstream_remote_address"], "203.0.113.7:0");
     assert_eq!(entry["x_forwarded_for"], "203.0.113.7,127.0.0.10");

@@ -18,6 +18,8 @@ const ROGUE: &str = "cluster.local/ns/default/sa/rogue";
 /// The sidecar's plugin JSON: the ingress gateway is trusted by its identity
 /// alone, no address.
 const TRUST_GATEWAY: &str = r#"{"trusted_identities":["cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account"],"xff_mode":"overwrite"}"#;
+/// The same, counting forged client headers.
+const TRUST_GATEWAY_COUNTING: &str = r#"{"trusted_identities":["cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account"],"xff_mode":"overwrite","count_forged_headers":true}"#;
 const BY_IDENTITY: &str = "wasmcustom.client_ip.peer_trusted_by_identity";
 
 /// A mesh CA with the workloads the tests play.
@@ -159,7 +161,7 @@ fn a_trusted_identity_names_the_client_over_http1_and_http2() {
 #[test]
 fn another_mesh_identity_cannot_forge_a_client() {
     let mesh = Mesh::new();
-    let envoy = Envoy::start(&[sidecar_with(mesh.strict(), TRUST_GATEWAY)]);
+    let envoy = Envoy::start(&[sidecar_with(mesh.strict(), TRUST_GATEWAY_COUNTING)]);
     let sidecar = envoy.listener("sidecar");
     // A valid mesh certificate, from the address next to the gateway's.
     for call in [

@@ -21,7 +21,10 @@ const ISTIO_INCLUDED_PREFIXES: [&str; 7] = [
 fn counters_reach_prometheus_under_istios_stats_inclusion() {
     let upstream = Upstream::start();
     let dir = scratch_dir("prometheus");
-    let listener = Listener::sidecar("sidecar", r#"{"deny_clients":["127.0.0.66"]}"#);
+    let listener = Listener::sidecar(
+        "sidecar",
+        r#"{"deny_clients":["127.0.0.66"],"count_forged_headers":true}"#,
+    );
     let mut config = envoy_config(&[listener], upstream.port, &dir);
     let patterns: Vec<_> = ISTIO_INCLUDED_PREFIXES
         .iter()

@@ -84,7 +84,7 @@ fn adversarial_soak() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(4000);
     let config = format!(
-        r#"{{"trusted_proxies":["{}","{}"]}}"#,
+        r#"{{"trusted_proxies":["{}","{}"],"publish_filter_state":true,"count_forged_headers":true}}"#,
         TRUSTED[0], TRUSTED[1]
     );
     let upstream = Upstream::start();

@@ -48,8 +48,10 @@ fn with_peer(host: MockHost, peer: &str) -> MockHost {
     host.with_property(path::CLIENT_IP_PEER, peer)
 }
 
+/// The job's four calls and no more: read the peer, read X-Forwarded-For,
+/// write the client header, write X-Forwarded-For.
 #[test]
-fn the_default_deployment_makes_six_host_calls() {
+fn the_default_deployment_makes_the_jobs_four_host_calls() {
     let (contexts, host) = http_filter("{}");
     let host = with_peer(host, "127.0.0.9").with_header("x-forwarded-for", "6.6.6.6");
     let (action, calls) = serve(&contexts, &host);
@@ -59,12 +61,32 @@ fn the_default_deployment_makes_six_host_calls() {
         [
             get_property(path::CLIENT_IP_PEER),
             get_header("x-forwarded-for"),
-            get_header("x-real-ip"),
             set_header("x-real-ip", "127.0.0.9"),
             set_header("x-forwarded-for", "6.6.6.6,127.0.0.9"),
+        ]
+    );
+}
+
+#[test]
+fn the_opt_ins_cost_one_call_each() {
+    let (contexts, host) =
+        http_filter(r#"{"publish_filter_state":true,"count_forged_headers":true}"#);
+    let host = with_peer(host, "127.0.0.9").with_header("x-real-ip", "6.6.6.6");
+    let (_, calls) = serve(&contexts, &host);
+    assert_eq!(
+        calls,
+        [
+            get_property(path::CLIENT_IP_PEER),
+            get_header("x-forwarded-for"),
+            get_header("x-real-ip"),
+            set_header("x-real-ip", "127.0.0.9"),
+            set_header("x-forwarded-for", "127.0.0.9"),
             Call::SetProperty("client_ip".to_owned(), "127.0.0.9".to_owned()),
         ]
     );
+    contexts.tick(&host, ROOT);
+    // forged_header_replaced is the third counter defined.
+    assert!(host.take_calls().contains(&Call::IncrementMetric(3, 1)));
 }
 
 #[test]
@@ -72,7 +94,7 @@ fn without_the_companion_the_peer_costs_one_more_read() {
     let (contexts, host) = http_filter("{}");
     let host = host.with_property(path::SOURCE_ADDRESS, "127.0.0.9:4711");
     let (_, calls) = serve(&contexts, &host);
-    assert_eq!(calls.len(), 7, "{calls:#?}");
+    assert_eq!(calls.len(), 5, "{calls:#?}");
     assert_eq!(
         calls.get(..2),
         Some(
@@ -91,65 +113,72 @@ fn without_the_companion_the_peer_costs_one_more_read() {
 fn host_calls_per_request_by_configuration() {
     let gateway_san = "spiffe://cluster.local/ns/istio-system/sa/gw";
     let cases: &[(&str, &str, Option<&str>, usize)] = &[
-        ("defaults", "{}", None, 6),
-        ("overwrite", r#"{"xff_mode":"overwrite"}"#, None, 6),
-        ("preserve", r#"{"xff_mode":"preserve"}"#, None, 5),
+        ("defaults", "{}", None, 4),
+        ("overwrite", r#"{"xff_mode":"overwrite"}"#, None, 4),
+        ("preserve", r#"{"xff_mode":"preserve"}"#, None, 3),
         (
             "no client header",
             r#"{"client_ip_header":"","xff_mode":"preserve"}"#,
             None,
-            3,
+            2,
         ),
         (
             "Forwarded overwritten",
             r#"{"forwarded_mode":"overwrite"}"#,
             None,
-            7,
+            5,
+        ),
+        ("filter state", r#"{"publish_filter_state":true}"#, None, 5),
+        (
+            "forged headers counted",
+            r#"{"count_forged_headers":true}"#,
+            None,
+            5,
         ),
         // Features that are not triggered cost nothing.
         (
             "access lists",
             r#"{"allow_clients":["0.0.0.0/0"],"deny_clients":["192.0.2.0/24"]}"#,
             None,
-            6,
+            4,
         ),
         (
             "trusted by address",
             r#"{"trusted_proxies":["127.0.0.0/8"],"trusted_identities":["cluster.local/ns/istio-system/sa/gw"]}"#,
             Some(gateway_san),
-            6,
+            4,
         ),
         // The identity is read only when the address does not decide.
         (
             "identity read",
             r#"{"trusted_identities":["cluster.local/ns/istio-system/sa/gw"]}"#,
             Some(gateway_san),
-            7,
+            5,
         ),
         (
             "identity absent",
             r#"{"trusted_identities":["cluster.local/ns/istio-system/sa/gw"]}"#,
             None,
-            7,
+            5,
         ),
         // Another source is read only from a trusted peer.
         (
             "Forwarded source, untrusted",
             r#"{"client_ip_source":"forwarded"}"#,
             None,
-            6,
+            4,
         ),
         (
             "Forwarded source, overwrite, untrusted",
             r#"{"client_ip_source":"forwarded","xff_mode":"overwrite"}"#,
             None,
-            5,
+            3,
         ),
         (
             "Forwarded source, trusted",
             r#"{"client_ip_source":"forwarded","trusted_proxies":["127.0.0.0/8"]}"#,
             None,
-            7,
+            5,
         ),
     ];
     for (name, json, identity, expected) in cases {
@@ -167,7 +196,7 @@ fn host_calls_per_request_by_configuration() {
 #[test]
 fn a_trusted_identity_names_the_client() {
     let (contexts, host) = http_filter(
-        r#"{"trusted_identities":["cluster.local/ns/istio-system/sa/gw"],"xff_mode":"overwrite"}"#,
+        r#"{"trusted_identities":["cluster.local/ns/istio-system/sa/gw"],"xff_mode":"overwrite","publish_filter_state":true}"#,
     );
     let host = with_peer(host, "10.1.2.3")
         .with_property(
@@ -189,22 +218,24 @@ fn a_trusted_identity_names_the_client() {
 }
 
 #[test]
-fn a_denied_client_is_answered_and_nothing_is_written() {
+fn a_denied_client_is_answered_and_its_log_line_shows_it() {
     let (contexts, host) = http_filter(r#"{"deny_clients":["127.0.0.66"],"deny_status":451}"#);
-    let host = with_peer(host, "127.0.0.66").with_header("x-real-ip", "127.0.0.1");
+    let host = with_peer(host, "127.0.0.66")
+        .with_header("x-real-ip", "127.0.0.1")
+        .with_header("x-forwarded-for", "127.0.0.1");
     let (action, calls) = serve(&contexts, &host);
     assert_eq!(action, Action::Pause);
+    // The client header is set for the access log; nothing else is written.
     assert_eq!(
         calls,
         [
             get_property(path::CLIENT_IP_PEER),
             get_header("x-forwarded-for"),
-            Call::SetProperty("client_ip".to_owned(), "127.0.0.66".to_owned()),
+            set_header("x-real-ip", "127.0.0.66"),
             Call::LocalResponse(451),
         ]
     );
-    // The forged header was never touched: the request goes no further.
-    assert_eq!(host.header("x-real-ip").as_deref(), Some("127.0.0.1"));
+    assert_eq!(host.header("x-forwarded-for").as_deref(), Some("127.0.0.1"));
 }
 
 #[test]

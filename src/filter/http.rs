@@ -116,7 +116,12 @@ impl HttpShared {
                     shown(client.as_ref()),
                     reason.as_str()
                 );
-                publish_client(host, client.as_ref());
+                // The request goes no further, but its access log line
+                // shows the client like any other.
+                if let (Some(header), Some(client)) = (&config.client_ip_header, &client) {
+                    apply(host, header, HeaderEdit::Set(client.as_bytes()));
+                }
+                self.publish_client(host, client.as_ref());
                 self.deny(host);
                 return Action::Pause;
             }
@@ -132,8 +137,19 @@ impl HttpShared {
             peer,
             client.as_ref(),
         );
-        publish_client(host, client.as_ref());
+        self.publish_client(host, client.as_ref());
         Action::Continue
+    }
+
+    /// The client as filter state `wasm.client_ip`, for access logs and
+    /// other filters, when `publish_filter_state` asks for it.
+    fn publish_client(&self, host: &impl Host, client: Option<&IpText>) {
+        if let (true, Some(client)) = (self.config.publish_filter_state, client) {
+            logged(
+                "filter state",
+                host.set_property(path::CLIENT_IP, client.as_bytes()),
+            );
+        }
     }
 
     /// Answers a denied request; it never reaches the application. Should
@@ -151,9 +167,12 @@ impl HttpShared {
     /// sent under that name never reaches the application.
     fn write_client_header(&self, host: &impl Host, header: &str, client: Option<&IpText>) {
         let wanted = client.map(IpText::as_bytes);
-        if let Some(received) = logged(header, host.get_request_header(header)).flatten() {
-            if Some(received.as_slice()) != wanted {
-                bump(&self.tally.forged_header_replaced, 1);
+        // Replacing needs no read: the read is only for the counter.
+        if self.config.count_forged_headers {
+            if let Some(received) = logged(header, host.get_request_header(header)).flatten() {
+                if Some(received.as_slice()) != wanted {
+                    bump(&self.tally.forged_header_replaced, 1);
+                }
             }
         }
         apply(
@@ -194,17 +213,6 @@ impl HttpShared {
             Ok(mut scratch) => write(&mut scratch),
             Err(_) => write(&mut Vec::new()),
         }
-    }
-}
-
-/// The client as filter state `wasm.client_ip`, for access logs and other
-/// filters.
-fn publish_client(host: &impl Host, client: Option<&IpText>) {
-    if let Some(client) = client {
-        logged(
-            "filter state",
-            host.set_property(path::CLIENT_IP, client.as_bytes()),
-        );
     }
 }
 
