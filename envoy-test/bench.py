@@ -53,7 +53,8 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 ENVOY = os.environ.get("ENVOY_BIN", str(REPO / ".venv/bin/envoy"))
 MODULE = pathlib.Path(os.environ.get("PLUGIN_WASM", REPO / "build/plugin.wasm"))
 # Another build of the module to run beside this one (both roots, default
-# configuration), for a before-and-after in the same run.
+# configuration), for a before-and-after in the same run; BENCH_COMPARE_LABEL
+# names it in the report.
 COMPARE_MODULE = os.environ.get("BENCH_COMPARE_MODULE")
 RAW_MODULE = REPO / "target/wasm32-wasip1/release/client_ip.wasm"
 SIZE_TARGET_KIB = 180
@@ -128,7 +129,8 @@ CHAINS = [
     ("module_opt_ins", "client-ip, both roots, filter state and forged-header count on"),
     ("http_root", "client-ip, HTTP root alone"),
     ("http_root_quiet", "client-ip, HTTP root alone, writing no header"),
-    *([("module_compare", f"client-ip, both roots, from {pathlib.Path(COMPARE_MODULE).name}")]
+    *([("module_compare", os.environ.get("BENCH_COMPARE_LABEL")
+                          or f"client-ip, both roots, from {pathlib.Path(COMPARE_MODULE).name}")]
       if COMPARE_MODULE else []),
 ]
 LABELS = dict(CHAINS)
