@@ -56,6 +56,7 @@ MODULE = pathlib.Path(os.environ.get("PLUGIN_WASM", REPO / "build/plugin.wasm"))
 # configuration), for a before-and-after in the same run; BENCH_COMPARE_LABEL
 # names it in the report.
 COMPARE_MODULE = os.environ.get("BENCH_COMPARE_MODULE")
+FINDINGS = REPO / "envoy-test/bench-findings.md"
 RAW_MODULE = REPO / "target/wasm32-wasip1/release/client_ip.wasm"
 SIZE_TARGET_KIB = 180
 # The target for client-ip's added CPU per request, as a multiple of the job
@@ -647,6 +648,10 @@ def write_report(args, chains, workloads, results, rounds, memory):
               f"(`build/plugin.wasm`); target at most {SIZE_TARGET_KIB} KiB: {verdict}",
               "- Wasm VM memory per worker: " + (f"{memory} bytes of linear memory" if memory is not None else "?")
               + " (the `wasmcustom.client_ip.vm_memory_bytes` gauge) after the runs", ""]
+    # What the tables answered, and what was tried: kept by hand beside the
+    # bench, from the runs that decided it.
+    if FINDINGS.exists():
+        lines += [FINDINGS.read_text().rstrip(), ""]
     out.write_text("\n".join(lines))
     print(f"wrote {out} and {chart}")
 
