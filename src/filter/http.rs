@@ -98,7 +98,7 @@ impl HttpShared {
         }
         let client = resolution.client.map(IpText::new);
 
-        match self.config.access.decide(resolution.client) {
+        match config.access.decide(resolution.client) {
             Decision::Allowed => {}
             Decision::AllowedByList => bump(&tally.allowed_by_list, 1),
             Decision::WouldDeny(reason) => {
@@ -127,7 +127,7 @@ impl HttpShared {
             }
         }
 
-        if let Some(header) = &self.config.client_ip_header {
+        if let Some(header) = &config.client_ip_header {
             self.write_client_header(host, header, client.as_ref());
         }
         self.write_forwarding_headers(
