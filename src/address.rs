@@ -26,35 +26,64 @@ pub struct HostPort {
     pub port: Option<u16>,
 }
 
-/// Parses `ip`, `[v6]`, `v4:port` or `[v6]:port`, after trimming surrounding
-/// whitespace. Anything else is rejected: names, `unknown`, obfuscated
-/// identifiers, zone ids (`fe80::1%eth0`), leading-zero octets, junk.
-pub fn parse_host_port(raw: &[u8]) -> Option<HostPort> {
-    let text = std::str::from_utf8(raw.trim_ascii()).ok()?;
+/// Splits `host`, `host:port`, `[v6]` or `[v6]:port` into the host (without
+/// brackets) and the port text, if any. Only brackets let an IPv6 address
+/// carry a port; a bracketed host must be IPv6. The one splitter for every
+/// address the filter reads (X-Forwarded-For entries, `Forwarded` nodes, the
+/// peer), so the forms cannot drift apart.
+pub fn split_host_port(text: &str) -> Option<(Host<'_>, Option<&str>)> {
     if let Some(rest) = text.strip_prefix('[') {
         let (inside, after) = rest.split_once(']')?;
-        let ip: Ipv6Addr = inside.parse().ok()?;
         let port = match after {
             "" => None,
-            _ => Some(parse_port(after.strip_prefix(':')?)?),
+            _ => Some(after.strip_prefix(':')?),
         };
-        return Some(HostPort {
-            ip: normalize(IpAddr::V6(ip)),
-            port,
-        });
+        return Some((Host::Bracketed(inside), port));
     }
-    if let Ok(ip) = text.parse::<IpAddr>() {
-        return Some(HostPort {
-            ip: normalize(ip),
-            port: None,
-        });
+    // More than one colon is an IPv6 address without brackets, never a port.
+    match text.split_once(':') {
+        Some((host, port)) if !port.contains(':') => Some((Host::Plain(host), Some(port))),
+        _ => Some((Host::Plain(text), None)),
     }
-    // Only IPv4 may carry a port without brackets: "::1:80" is an address.
-    let (host, port) = text.rsplit_once(':')?;
-    let ip: Ipv4Addr = host.parse().ok()?;
+}
+
+/// The host part of [`split_host_port`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Host<'a> {
+    /// Written inside brackets: must be IPv6.
+    Bracketed(&'a str),
+    /// Written bare: IPv4, or IPv6 when no port was split off.
+    Plain(&'a str),
+}
+
+impl Host<'_> {
+    /// The address, normalised; `None` for a name, junk, a zone id, leading-zero
+    /// octets, or an address that is never a client (`0.0.0.0`, `::`).
+    pub fn ip(self, has_port: bool) -> Option<IpAddr> {
+        let ip = match self {
+            Host::Bracketed(inside) => IpAddr::V6(inside.parse::<Ipv6Addr>().ok()?),
+            Host::Plain(text) if has_port => IpAddr::V4(text.parse::<Ipv4Addr>().ok()?),
+            Host::Plain(text) => text.parse::<IpAddr>().ok()?,
+        };
+        let ip = normalize(ip);
+        (!ip.is_unspecified()).then_some(ip)
+    }
+}
+
+/// Parses `ip`, `[v6]`, `v4:port` or `[v6]:port`, after trimming surrounding
+/// whitespace. Anything else is rejected: names, `unknown`, obfuscated
+/// identifiers, zone ids (`fe80::1%eth0`), leading-zero octets, junk, and the
+/// unspecified addresses `0.0.0.0` and `::`, which no client has.
+pub fn parse_host_port(raw: &[u8]) -> Option<HostPort> {
+    let text = std::str::from_utf8(raw.trim_ascii()).ok()?;
+    let (host, port) = split_host_port(text)?;
+    let port = match port {
+        Some(port) => Some(parse_port(port)?),
+        None => None,
+    };
     Some(HostPort {
-        ip: IpAddr::V4(ip),
-        port: Some(parse_port(port)?),
+        ip: host.ip(port.is_some())?,
+        port,
     })
 }
 
@@ -137,6 +166,14 @@ impl Write for IpText {
     }
 }
 
+impl PartialEq for IpText {
+    fn eq(&self, other: &Self) -> bool {
+        self.ip == other.ip
+    }
+}
+
+impl Eq for IpText {}
+
 impl fmt::Debug for IpText {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -195,6 +232,11 @@ mod tests {
             "[fe80::1%25eth0]:80",
             "1.2.3.4 5.6.7.8",
             "\u{0}1.2.3.4",
+            "0.0.0.0",
+            "0.0.0.0:80",
+            "::",
+            "[::]:80",
+            "::ffff:0.0.0.0",
         ];
         for raw in cases {
             assert_eq!(parse_forwarded_entry(raw.as_bytes()), None, "{raw:?}");

@@ -1,7 +1,9 @@
 //! The plugin JSON: parsed and checked once, when Envoy configures the plugin.
 //!
 //! A bad configuration is refused whole, with an error that names the field
-//! and the value, so the plugin never runs half-configured.
+//! and the value, so the plugin never runs half-configured. This file only
+//! parses: what the settings mean lives in [`crate::trust`],
+//! [`crate::access`], [`crate::resolve`] and [`crate::rewrite`].
 
 use std::fmt;
 use std::net::IpAddr;
@@ -9,21 +11,16 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use crate::access::{AccessPolicy, AddressSet, DEFAULT_DENY_STATUS, MAX_ACCESS_ENTRIES};
+use crate::access::{AccessPolicy, DEFAULT_DENY_STATUS, MAX_ACCESS_ENTRIES};
 use crate::identity::{IdentityPattern, TrustedIdentities, MAX_TRUSTED_IDENTITIES};
-
-/// The most X-Forwarded-For entries looked at per request, counted from the
-/// right. It caps the work of the trusted walk and bounds `trusted_hops`.
-pub const MAX_FORWARDED_ENTRIES: usize = 32;
-
-/// The most entries `trusted_proxies` may hold.
-pub const MAX_TRUSTED_PROXIES: usize = 256;
+use crate::ranges::AddressSet;
+pub use crate::trust::{TrustPolicy, MAX_FORWARDED_ENTRIES, MAX_TRUSTED_PROXIES};
 
 pub const DEFAULT_CLIENT_IP_HEADER: &str = "x-real-ip";
 
 /// What happens to X-Forwarded-For on its way to the application.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "String")]
+#[serde(rename_all = "lowercase")]
 pub enum XffMode {
     /// Append the peer, as Envoy's `use_remote_address: true` does.
     #[default]
@@ -34,26 +31,11 @@ pub enum XffMode {
     Preserve,
 }
 
-impl TryFrom<String> for XffMode {
-    type Error = String;
-
-    fn try_from(text: String) -> Result<Self, String> {
-        match text.as_str() {
-            "append" => Ok(XffMode::Append),
-            "overwrite" => Ok(XffMode::Overwrite),
-            "preserve" => Ok(XffMode::Preserve),
-            _ => Err(format!(
-                "{text:?} is not a mode; expected \"append\", \"overwrite\" or \"preserve\""
-            )),
-        }
-    }
-}
-
 /// What happens to the RFC 7239 `Forwarded` header. Applications and
 /// frameworks that read it (often before X-Forwarded-For) would otherwise
 /// believe whatever the client wrote there.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "String")]
+#[serde(rename_all = "lowercase")]
 pub enum ForwardedMode {
     /// Leave it as received.
     #[default]
@@ -64,23 +46,9 @@ pub enum ForwardedMode {
     Remove,
 }
 
-impl TryFrom<String> for ForwardedMode {
-    type Error = String;
-
-    fn try_from(text: String) -> Result<Self, String> {
-        match text.as_str() {
-            "preserve" => Ok(ForwardedMode::Preserve),
-            "overwrite" => Ok(ForwardedMode::Overwrite),
-            "remove" => Ok(ForwardedMode::Remove),
-            _ => Err(format!(
-                "{text:?} is not a mode; expected \"preserve\", \"overwrite\" or \"remove\""
-            )),
-        }
-    }
-}
-
 /// The request header a trusted peer names the client in.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
 pub enum ClientIpSource {
     /// `X-Forwarded-For`, walked from the right.
     #[default]
@@ -90,6 +58,18 @@ pub enum ClientIpSource {
     /// A header that carries one address (`cf-connecting-ip`,
     /// `true-client-ip`, `x-envoy-external-address`...), lower-case.
     Header(String),
+}
+
+impl TryFrom<String> for ClientIpSource {
+    type Error = String;
+
+    fn try_from(name: String) -> Result<Self, String> {
+        Ok(match check_header_name(&name, &[])?.as_str() {
+            "x-forwarded-for" => ClientIpSource::XForwardedFor,
+            "forwarded" => ClientIpSource::Forwarded,
+            header => ClientIpSource::Header(header.to_owned()),
+        })
+    }
 }
 
 impl ClientIpSource {
@@ -107,24 +87,6 @@ impl ClientIpSource {
     }
 }
 
-/// Whom the filter believes when they speak of someone else.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct TrustPolicy {
-    /// Peers (and X-Forwarded-For entries) whose forwarding headers are believed.
-    pub trusted_proxies: Vec<IpNet>,
-    /// Proxies in front of this one that are trusted whatever their address.
-    pub trusted_hops: usize,
-    /// Peers whose forwarding headers are believed by their mTLS identity,
-    /// whatever their address.
-    pub trusted_identities: TrustedIdentities,
-}
-
-impl TrustPolicy {
-    pub fn is_trusted(&self, ip: IpAddr) -> bool {
-        self.trusted_proxies.iter().any(|net| net.contains(&ip))
-    }
-}
-
 /// The HTTP filter's configuration, checked and ready for the request path.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FilterConfig {
@@ -135,10 +97,15 @@ pub struct FilterConfig {
     /// Where a trusted peer names the client.
     pub source: ClientIpSource,
     pub trust: TrustPolicy,
+    /// `trusted_proxies` as written (normalised), for explaining the policy.
+    pub trusted_proxies: Vec<IpNet>,
     pub access: AccessPolicy,
     /// Publish the client as filter state `wasm.client_ip` (one host call
     /// per request).
     pub publish_filter_state: bool,
+    /// Publish the client as Envoy's typed `envoy.network.ip` filter state,
+    /// for Envoy's RBAC and other filters (one host call per request).
+    pub publish_ip_filter_state: bool,
     /// Read the client header as received, to count forged ones (one host
     /// call per request).
     pub count_forged_headers: bool,
@@ -152,8 +119,10 @@ impl Default for FilterConfig {
             client_ip_header: Some(DEFAULT_CLIENT_IP_HEADER.to_owned()),
             source: ClientIpSource::default(),
             trust: TrustPolicy::default(),
+            trusted_proxies: Vec::new(),
             access: AccessPolicy::default(),
             publish_filter_state: false,
+            publish_ip_filter_state: false,
             count_forged_headers: false,
         }
     }
@@ -182,6 +151,8 @@ impl fmt::Display for ConfigError {
     }
 }
 
+impl std::error::Error for ConfigError {}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawFilterConfig {
@@ -190,7 +161,8 @@ struct RawFilterConfig {
     #[serde(default)]
     forwarded_mode: ForwardedMode,
     client_ip_header: Option<String>,
-    client_ip_source: Option<String>,
+    #[serde(default)]
+    client_ip_source: ClientIpSource,
     #[serde(default)]
     trusted_proxies: Vec<String>,
     #[serde(default)]
@@ -203,14 +175,21 @@ struct RawFilterConfig {
     deny_clients: Vec<String>,
     #[serde(default)]
     access_dry_run: bool,
-    deny_status: Option<u16>,
+    #[serde(default = "default_deny_status")]
+    deny_status: u16,
     #[serde(default)]
     publish_filter_state: bool,
+    #[serde(default)]
+    publish_ip_filter_state: bool,
     #[serde(default)]
     count_forged_headers: bool,
 }
 
-/// The network filter records the peer and takes no settings.
+fn default_deny_status() -> u16 {
+    DEFAULT_DENY_STATUS
+}
+
+/// The peer filter records the peer and takes no settings.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawPeerConfig {}
@@ -225,20 +204,12 @@ impl FilterConfig {
         let client_ip_header = match raw.client_ip_header {
             None => Some(DEFAULT_CLIENT_IP_HEADER.to_owned()),
             Some(name) if name.is_empty() => None,
-            Some(name) => Some(check_header_name(
-                "client_ip_header",
-                &name,
-                FORWARDING_HEADERS,
-            )?),
+            Some(name) => Some(
+                check_header_name(&name, FORWARDING_HEADERS)
+                    .map_err(|problem| ConfigError::new("client_ip_header", problem))?,
+            ),
         };
-        let source = match raw.client_ip_source {
-            None => ClientIpSource::default(),
-            Some(name) => match check_header_name("client_ip_source", &name, &[])?.as_str() {
-                "x-forwarded-for" => ClientIpSource::XForwardedFor,
-                "forwarded" => ClientIpSource::Forwarded,
-                header => ClientIpSource::Header(header.to_owned()),
-            },
-        };
+        let source = raw.client_ip_source;
         let trusted_proxies =
             parse_net_list("trusted_proxies", &raw.trusted_proxies, MAX_TRUSTED_PROXIES)?;
         let trusted_hops = usize::try_from(raw.trusted_hops).unwrap_or(usize::MAX);
@@ -268,16 +239,12 @@ impl FilterConfig {
                 ),
             ));
         }
-        let deny_status = match raw.deny_status {
-            None => DEFAULT_DENY_STATUS,
-            Some(status @ 200..=599) => status,
-            Some(status) => {
-                return Err(ConfigError::new(
-                    "deny_status",
-                    format!("{status} is not an HTTP status from 200 to 599"),
-                ))
-            }
-        };
+        if !(200..=599).contains(&raw.deny_status) {
+            return Err(ConfigError::new(
+                "deny_status",
+                format!("{} is not an HTTP status from 200 to 599", raw.deny_status),
+            ));
+        }
         let access = AccessPolicy {
             allow: AddressSet::new(&parse_net_list(
                 "allow_clients",
@@ -290,31 +257,29 @@ impl FilterConfig {
                 MAX_ACCESS_ENTRIES,
             )?),
             dry_run: raw.access_dry_run,
-            deny_status,
+            deny_status: raw.deny_status,
         };
         Ok(FilterConfig {
             xff_mode: raw.xff_mode,
             forwarded_mode: raw.forwarded_mode,
             client_ip_header,
             source,
-            trust: TrustPolicy {
-                trusted_proxies,
-                trusted_hops,
-                trusted_identities,
-            },
+            trust: TrustPolicy::new(&trusted_proxies, trusted_hops, trusted_identities),
+            trusted_proxies,
             access,
             publish_filter_state: raw.publish_filter_state,
+            publish_ip_filter_state: raw.publish_ip_filter_state,
             count_forged_headers: raw.count_forged_headers,
         })
     }
 
     /// `trusted_hops` takes precedence, so any `trusted_proxies` beside it are unused.
     pub fn ignores_trusted_proxies(&self) -> bool {
-        self.trust.trusted_hops > 0 && !self.trust.trusted_proxies.is_empty()
+        self.trust.trusted_hops > 0 && self.trust.has_trusted_proxies()
     }
 }
 
-/// Checks the network filter's configuration, which must be empty or `{}`.
+/// Checks the peer filter's configuration, which must be empty or `{}`.
 pub fn check_peer_config(bytes: &[u8]) -> Result<(), ConfigError> {
     if bytes.trim_ascii().is_empty() {
         return Ok(());
@@ -337,8 +302,35 @@ fn parse_json<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -> Result<T, ConfigErr
             path if path.is_empty() => "\"\"".to_owned(),
             path => path,
         };
-        ConfigError::new(field, error.inner().to_string())
+        let mut problem = error.inner().to_string();
+        // Some of serde's messages do not show the value; the line must.
+        if let Some(value) = value_at(bytes, error.path()) {
+            // Strings as JSON writes them (quoted), numbers as serde does.
+            let shown = match value.is_string() {
+                true => problem.contains(&value.to_string()),
+                false => problem.contains(&format!("`{value}`")),
+            };
+            if !shown {
+                problem = format!("{value} is refused: {problem}");
+            }
+        }
+        ConfigError::new(field, problem)
     })
+}
+
+/// The value at `path`, if the document has one there.
+fn value_at(bytes: &[u8], path: &serde_path_to_error::Path) -> Option<serde_json::Value> {
+    use serde_path_to_error::Segment;
+    let document = serde_json::from_slice::<serde_json::Value>(bytes).ok()?;
+    let mut value = &document;
+    for segment in path.iter() {
+        value = match segment {
+            Segment::Map { key } => value.get(key)?,
+            Segment::Seq { index } => value.get(index)?,
+            _ => return None,
+        };
+    }
+    Some(value.clone())
 }
 
 /// The start of a refused document, quoted, for the error line.
@@ -440,20 +432,16 @@ const FRAMING_HEADERS: &[&str] = &[
 const FORWARDING_HEADERS: &[&str] = &["x-forwarded-for", "forwarded"];
 
 /// A valid header name, lower-cased, that is none of the framing headers
-/// nor of `reserved`.
-fn check_header_name(field: &str, name: &str, reserved: &[&str]) -> Result<String, ConfigError> {
+/// nor of `reserved`; the error names the value.
+fn check_header_name(name: &str, reserved: &[&str]) -> Result<String, String> {
     let is_token_byte = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
     if name.is_empty() || !name.bytes().all(is_token_byte) {
-        return Err(ConfigError::new(
-            field,
-            format!("{name:?} is not a valid HTTP header name"),
-        ));
+        return Err(format!("{name:?} is not a valid HTTP header name"));
     }
     let lower = name.to_ascii_lowercase();
     if FRAMING_HEADERS.contains(&lower.as_str()) || reserved.contains(&lower.as_str()) {
-        return Err(ConfigError::new(
-            field,
-            format!("{name:?} is reserved; choose a header of its own such as \"x-real-ip\""),
+        return Err(format!(
+            "{name:?} is reserved; choose a header of its own such as \"x-real-ip\""
         ));
     }
     Ok(lower)
@@ -492,14 +480,21 @@ mod tests {
         assert_eq!(config.xff_mode, XffMode::Overwrite);
         assert_eq!(config.forwarded_mode, ForwardedMode::Overwrite);
         assert_eq!(config.client_ip_header.as_deref(), Some("x-client-ip"));
-        assert!(!config.publish_filter_state && !config.count_forged_headers);
+        assert!(
+            !config.publish_filter_state
+                && !config.count_forged_headers
+                && !config.publish_ip_filter_state
+        );
         let opted_in = FilterConfig::from_json(
-            br#"{"publish_filter_state":true,"count_forged_headers":true}"#,
+            br#"{"publish_filter_state":true,"count_forged_headers":true,"publish_ip_filter_state":true}"#,
         )
         .unwrap();
-        assert!(opted_in.publish_filter_state && opted_in.count_forged_headers);
+        assert!(
+            opted_in.publish_filter_state
+                && opted_in.count_forged_headers
+                && opted_in.publish_ip_filter_state
+        );
         let nets: Vec<String> = config
-            .trust
             .trusted_proxies
             .iter()
             .map(|n| n.to_string())
@@ -526,7 +521,7 @@ mod tests {
     fn errors_name_the_field_and_the_value() {
         let cases = [
             (r#"{"xff_mode":"bogus"}"#, "xff_mode", "bogus"),
-            (r#"{"xff_mode":3}"#, "xff_mode", "integer `3`"),
+            (r#"{"xff_mode":3}"#, "xff_mode", "3 is refused"),
             (r#"{"forwarded_mode":"append"}"#, "forwarded_mode", "append"),
             (r#"{"trusted_hops":-1}"#, "trusted_hops", "-1"),
             (r#"{"trusted_hops":"2"}"#, "trusted_hops", "\"2\""),
@@ -562,6 +557,11 @@ mod tests {
             (r#"{"deny_status":199}"#, "deny_status", "199"),
             (r#"{"deny_status":600}"#, "deny_status", "600"),
             (r#"{"deny_status":70000}"#, "deny_status", "70000"),
+            (
+                r#"{"publish_ip_filter_state":"yes"}"#,
+                "publish_ip_filter_state",
+                "yes",
+            ),
             (r#"{"access_dry_run":"yes"}"#, "access_dry_run", "yes"),
             (
                 r#"{"publish_filter_state":1}"#,
@@ -627,7 +627,7 @@ mod tests {
     #[test]
     fn too_many_trusted_proxies_are_refused() {
         let list: Vec<String> = (0..=MAX_TRUSTED_PROXIES)
-            .map(|i| format!("\"10.0.{}.{}\"", i / 256, i % 256))
+            .map(|i| format!("\"10.{}.{}.0/24\"", i / 256, i % 256))
             .collect();
         let error = refused(&format!("{{\"trusted_proxies\":[{}]}}", list.join(",")));
         assert_eq!(error.field, "trusted_proxies");

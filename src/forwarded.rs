@@ -12,15 +12,17 @@
 //! `"[2001:db8::1]"`, `"[2001:db8::1]:4711"`; an obfuscated port such as
 //! `:_p1` is allowed). Everything else is an invalid entry and ends the walk:
 //! `for=unknown`, obfuscated identifiers (`for=_hidden`), an element without
-//! `for=` or with two, bad quoting, unbracketed IPv6.
+//! `for=` or with two, bad quoting, unbracketed IPv6, and a port or brackets
+//! outside quotes (`for=[2001:db8::1]`, `for=192.0.2.1:80`): `:` and `[` are
+//! not token characters, so RFC 7239 requires the quotes.
 //!
 //! No allocation: one scan from the left records where the last elements
 //! start, in a fixed ring, and they are then read from the right.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 
-use crate::address::normalize;
-use crate::config::MAX_FORWARDED_ENTRIES;
+use crate::address::{split_host_port, Host};
+use crate::trust::MAX_FORWARDED_ENTRIES;
 
 /// The `for=` addresses of a `Forwarded` value, rightmost element first,
 /// at most [`MAX_FORWARDED_ENTRIES`]; `None` for an invalid element.
@@ -146,37 +148,33 @@ fn split_unquoted(text: &[u8], separator: u8) -> impl Iterator<Item = &[u8]> {
 }
 
 /// A token as it is, a quoted string without its quotes. An address never
-/// needs escaping, so a backslash makes the value invalid.
+/// needs escaping, so a backslash makes the value invalid; a token holds only
+/// token characters (RFC 7230 `tchar`), so an unquoted port or bracket does too.
 fn unquote(value: &[u8]) -> Option<&[u8]> {
     let inner = match value.strip_prefix(b"\"") {
         Some(rest) => rest.strip_suffix(b"\"")?,
-        None => value,
+        None if value.iter().all(|&b| is_token_byte(b)) => value,
+        None => return None,
     };
     (!inner.is_empty() && !inner.iter().any(|&b| b == b'"' || b == b'\\')).then_some(inner)
+}
+
+fn is_token_byte(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte)
 }
 
 /// `nodename [":" node-port]` where the name is an address: IPv4, or IPv6 in
 /// brackets. `unknown` and obfuscated names are not addresses.
 fn parse_node(node: &[u8]) -> Option<IpAddr> {
     let text = std::str::from_utf8(node).ok()?;
-    let (ip, port) = match text.strip_prefix('[') {
-        Some(rest) => {
-            let (inside, after) = rest.split_once(']')?;
-            let port = match after {
-                "" => None,
-                _ => Some(after.strip_prefix(':')?),
-            };
-            (IpAddr::V6(inside.parse::<Ipv6Addr>().ok()?), port)
-        }
-        None => match text.split_once(':') {
-            Some((host, port)) => (IpAddr::V4(host.parse::<Ipv4Addr>().ok()?), Some(port)),
-            None => (IpAddr::V4(text.parse::<Ipv4Addr>().ok()?), None),
-        },
-    };
+    let (host, port) = split_host_port(text)?;
+    // IPv6 is always bracketed here, with or without a port.
+    if matches!(host, Host::Plain(name) if name.contains(':')) {
+        return None;
+    }
     match port {
-        None => Some(normalize(ip)),
-        Some(port) if is_node_port(port) => Some(normalize(ip)),
-        Some(_) => None,
+        Some(port) if !is_node_port(port) => None,
+        _ => host.ip(port.is_some() || matches!(host, Host::Plain(_))),
     }
 }
 
@@ -252,6 +250,11 @@ mod tests {
             "for=010.0.0.1",
             "=192.0.2.1",
             "192.0.2.1",
+            "for=[2001:db8::1]",
+            "for=[2001:db8::1]:4711",
+            "for=192.0.2.1:80",
+            "for=0.0.0.0",
+            r#"for="[::]""#,
         ] {
             assert_eq!(nodes(value), vec![None], "{value}");
         }

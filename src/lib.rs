@@ -2,13 +2,16 @@
 //! client really is.
 //!
 //! The crate has two halves:
-//! - host-independent logic, with no proxy-wasm types: [`access`] (access
-//!   control on the client), [`address`] (parsing
-//!   and normalising addresses), [`config`] (the plugin JSON), [`identity`]
-//!   (matching the peer's mTLS identity), [`resolve`] (who the client is) and
-//!   [`rewrite`] (what the request carries on);
-//! - `filter`, the thin glue that adapts that logic to the proxy-wasm SDK
-//!   (built with the default `filter` feature).
+//! - host-independent logic, with no proxy-wasm types: [`peer`] (where the
+//!   true peer comes from), [`decide`] (the whole decision for one request),
+//!   built on [`resolve`] (who the client is), [`trust`] (whom to believe),
+//!   [`identity`] (matching the peer's mTLS identity), [`access`] (access
+//!   control on the client), [`rewrite`] (what the request carries on),
+//!   [`address`], [`forwarded`] and [`ranges`] (parsing and matching
+//!   addresses), and [`config`] (parsing the plugin JSON);
+//! - `filter`, the thin glue over the proxy-wasm SDK (the default `filter`
+//!   feature): it reads the facts, calls [`decide::decide`], and applies the
+//!   verdict.
 
 // A panic inside the module aborts the Wasm VM and every later request on that
 // worker fails, so nothing on a runtime path may panic.
@@ -27,10 +30,15 @@
 pub mod access;
 pub mod address;
 pub mod config;
+pub mod decide;
+pub mod envoy_filter_state;
 pub mod forwarded;
 pub mod identity;
+pub mod peer;
+pub mod ranges;
 pub mod resolve;
 pub mod rewrite;
+pub mod trust;
 
 #[cfg(feature = "filter")]
 mod filter;

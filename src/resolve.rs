@@ -19,9 +19,10 @@
 use std::net::IpAddr;
 
 use crate::address::parse_forwarded_entry;
-pub use crate::config::MAX_FORWARDED_ENTRIES;
-use crate::config::{ClientIpSource, TrustPolicy};
+use crate::config::ClientIpSource;
 use crate::forwarded::{for_nodes_from_right, ForNodes};
+use crate::trust::TrustPolicy;
+pub use crate::trust::MAX_FORWARDED_ENTRIES;
 
 /// Where the client address came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -226,10 +227,8 @@ mod tests {
     }
 
     fn trusting(nets: &[&str]) -> TrustPolicy {
-        TrustPolicy {
-            trusted_proxies: nets.iter().map(|n| n.parse().unwrap()).collect(),
-            ..TrustPolicy::default()
-        }
+        let nets: Vec<_> = nets.iter().map(|n| n.parse().unwrap()).collect();
+        TrustPolicy::new(&nets, 0, TrustedIdentities::default())
     }
 
     #[test]
@@ -248,10 +247,7 @@ mod tests {
 
     #[test]
     fn hops_beyond_the_entries_fall_back_to_the_peer() {
-        let policy = TrustPolicy {
-            trusted_hops: 3,
-            ..TrustPolicy::default()
-        };
+        let policy = TrustPolicy::new(&[], 3, TrustedIdentities::default());
         let peer = Some("127.0.0.9".parse().unwrap());
         let resolution = resolve_client(&policy, peer, no_identity, Some(b"1.1.1.1, 2.2.2.2"));
         assert_eq!(resolution, Resolution::from_peer(peer, 0));
@@ -262,10 +258,8 @@ mod tests {
             .iter()
             .map(|e| IdentityPattern::parse(e).unwrap())
             .collect();
-        TrustPolicy {
-            trusted_identities: TrustedIdentities::new(identities),
-            ..trusting(nets)
-        }
+        let nets: Vec<_> = nets.iter().map(|n| n.parse().unwrap()).collect();
+        TrustPolicy::new(&nets, 0, TrustedIdentities::new(identities))
     }
 
     const GATEWAY_SAN: &[u8] = b"spiffe://cluster.local/ns/istio-system/sa/gateway";

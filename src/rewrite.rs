@@ -6,11 +6,11 @@ use crate::address::{parse_forwarded_entry, IpText};
 use crate::config::{ForwardedMode, XffMode};
 
 /// A change to one request header.
-#[derive(Debug, PartialEq, Eq)]
-pub enum HeaderEdit<'a> {
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HeaderEdit {
     Keep,
     /// Replace every instance with this one value.
-    Set(&'a [u8]),
+    Set(Vec<u8>),
     Remove,
 }
 
@@ -31,26 +31,25 @@ pub fn strip_envoy_append(forwarded_for: &[u8], peer: IpAddr) -> Option<&[u8]> {
     (parse_forwarded_entry(last) == Some(peer)).then_some(received)
 }
 
-/// The X-Forwarded-For that leaves the filter. The new value is built in
-/// `scratch`, a buffer the caller reuses so that requests do not allocate.
+/// The X-Forwarded-For that leaves the filter.
 ///
-/// - `append`: the received value followed by the peer, or the peer alone
-///   (Envoy's `use_remote_address: true` behaviour). Kept as it is when Envoy
-///   has appended the peer already, or when the peer is unknown.
+/// - `append`: the received value followed by the peer, or the peer alone,
+///   as Envoy's `use_remote_address: true` appends the peer (for a loopback
+///   peer Envoy appends its own local address instead; the filter always
+///   appends the peer). Kept as it is when Envoy has appended the peer
+///   already, or when the peer is unknown.
 /// - `overwrite`: the resolved client alone; removed if there is no client.
 /// - `preserve`: kept as received.
 ///
 /// The client comes already written out: the filter writes the same text to
 /// several places.
-pub fn forwarded_for_edit<'a>(
+pub fn forwarded_for_edit(
     mode: XffMode,
     received: Option<&[u8]>,
     envoy_appended: bool,
     peer: Option<IpAddr>,
     client: Option<&IpText>,
-    scratch: &'a mut Vec<u8>,
-) -> HeaderEdit<'a> {
-    scratch.clear();
+) -> HeaderEdit {
     match mode {
         XffMode::Preserve => HeaderEdit::Keep,
         XffMode::Append => {
@@ -58,53 +57,40 @@ pub fn forwarded_for_edit<'a>(
                 return HeaderEdit::Keep;
             };
             let received = received.map(<[u8]>::trim_ascii).unwrap_or_default();
+            let peer = IpText::new(peer);
+            let mut value = Vec::with_capacity(received.len() + 1 + peer.as_bytes().len());
             if !received.is_empty() {
-                scratch.extend_from_slice(received);
+                value.extend_from_slice(received);
                 // Envoy joins with a bare comma when it appends.
-                scratch.extend_from_slice(b",");
+                value.push(b',');
             }
-            scratch.extend_from_slice(IpText::new(peer).as_bytes());
-            HeaderEdit::Set(scratch)
+            value.extend_from_slice(peer.as_bytes());
+            HeaderEdit::Set(value)
         }
         XffMode::Overwrite => match client {
-            Some(client) => {
-                scratch.extend_from_slice(client.as_bytes());
-                HeaderEdit::Set(scratch)
-            }
+            Some(client) => HeaderEdit::Set(client.as_bytes().to_vec()),
             None => HeaderEdit::Remove,
         },
     }
 }
 
-/// The `Forwarded` header that leaves the filter, built in `scratch`.
+/// The `Forwarded` header that leaves the filter.
 ///
 /// - `overwrite`: `for=` the resolved client alone (RFC 7239; an IPv6 address
 ///   is bracketed and quoted: `for="[2001:db8::1]"`); removed if there is no
 ///   client.
 /// - `remove`: removed.
 /// - `preserve`: kept as received.
-pub fn forwarded_edit<'a>(
-    mode: ForwardedMode,
-    client: Option<&IpText>,
-    scratch: &'a mut Vec<u8>,
-) -> HeaderEdit<'a> {
-    scratch.clear();
+pub fn forwarded_edit(mode: ForwardedMode, client: Option<&IpText>) -> HeaderEdit {
     match (mode, client) {
         (ForwardedMode::Preserve, _) => HeaderEdit::Keep,
         (ForwardedMode::Remove, _) | (ForwardedMode::Overwrite, None) => HeaderEdit::Remove,
         (ForwardedMode::Overwrite, Some(client)) => {
-            match client.ip() {
-                IpAddr::V4(_) => {
-                    scratch.extend_from_slice(b"for=");
-                    scratch.extend_from_slice(client.as_bytes());
-                }
-                IpAddr::V6(_) => {
-                    scratch.extend_from_slice(b"for=\"[");
-                    scratch.extend_from_slice(client.as_bytes());
-                    scratch.extend_from_slice(b"]\"");
-                }
-            }
-            HeaderEdit::Set(scratch)
+            let (open, close): (&[u8], &[u8]) = match client.ip() {
+                IpAddr::V4(_) => (b"for=", b""),
+                IpAddr::V6(_) => (b"for=\"[", b"]\""),
+            };
+            HeaderEdit::Set([open, client.as_bytes(), close].concat())
         }
     }
 }
@@ -123,65 +109,48 @@ mod tests {
 
     #[test]
     fn append_adds_the_peer_like_envoy() {
-        let mut scratch = Vec::new();
         let edit = forwarded_for_edit(
             XffMode::Append,
             Some(b"1.1.1.1, 2.2.2.2 "),
             false,
             ip("127.0.0.5"),
             text("1.1.1.1").as_ref(),
-            &mut scratch,
         );
-        assert_eq!(edit, HeaderEdit::Set(b"1.1.1.1, 2.2.2.2,127.0.0.5"));
+        assert_eq!(
+            edit,
+            HeaderEdit::Set(b"1.1.1.1, 2.2.2.2,127.0.0.5".to_vec())
+        );
         let edit = forwarded_for_edit(
             XffMode::Append,
             None,
             false,
             ip("::1"),
             text("::1").as_ref(),
-            &mut scratch,
         );
-        assert_eq!(edit, HeaderEdit::Set(b"::1"));
+        assert_eq!(edit, HeaderEdit::Set(b"::1".to_vec()));
         let edit = forwarded_for_edit(
             XffMode::Append,
             Some(b"  "),
             false,
             ip("127.0.0.5"),
             text("127.0.0.5").as_ref(),
-            &mut scratch,
         );
-        assert_eq!(edit, HeaderEdit::Set(b"127.0.0.5"));
-        let edit = forwarded_for_edit(
-            XffMode::Append,
-            Some(b"1.1.1.1"),
-            false,
-            None,
-            None,
-            &mut scratch,
-        );
+        assert_eq!(edit, HeaderEdit::Set(b"127.0.0.5".to_vec()));
+        let edit = forwarded_for_edit(XffMode::Append, Some(b"1.1.1.1"), false, None, None);
         assert_eq!(edit, HeaderEdit::Keep);
     }
 
     #[test]
     fn overwrite_leaves_the_client_alone() {
-        let mut scratch = Vec::new();
         let edit = forwarded_for_edit(
             XffMode::Overwrite,
             Some(b"6.6.6.6"),
             false,
             ip("127.0.0.5"),
             text("127.0.0.5").as_ref(),
-            &mut scratch,
         );
-        assert_eq!(edit, HeaderEdit::Set(b"127.0.0.5"));
-        let edit = forwarded_for_edit(
-            XffMode::Overwrite,
-            Some(b"6.6.6.6"),
-            false,
-            None,
-            None,
-            &mut scratch,
-        );
+        assert_eq!(edit, HeaderEdit::Set(b"127.0.0.5".to_vec()));
+        let edit = forwarded_for_edit(XffMode::Overwrite, Some(b"6.6.6.6"), false, None, None);
         assert_eq!(edit, HeaderEdit::Remove);
     }
 
@@ -200,69 +169,48 @@ mod tests {
             None
         );
         assert_eq!(strip_envoy_append(b"", ip("127.0.0.5").unwrap()), None);
-        let mut scratch = Vec::new();
         let edit = forwarded_for_edit(
             XffMode::Append,
             Some(b"6.6.6.6"),
             true,
             ip("127.0.0.5"),
             text("127.0.0.5").as_ref(),
-            &mut scratch,
         );
         assert_eq!(edit, HeaderEdit::Keep);
     }
 
     #[test]
     fn preserve_keeps_what_came() {
-        let mut scratch = Vec::new();
         let edit = forwarded_for_edit(
             XffMode::Preserve,
             Some(b"6.6.6.6"),
             false,
             ip("127.0.0.5"),
             text("127.0.0.5").as_ref(),
-            &mut scratch,
         );
         assert_eq!(edit, HeaderEdit::Keep);
     }
 
     #[test]
     fn forwarded_names_the_client_per_rfc_7239() {
-        let mut scratch = Vec::new();
         assert_eq!(
-            forwarded_edit(
-                ForwardedMode::Overwrite,
-                text("203.0.113.7").as_ref(),
-                &mut scratch
-            ),
-            HeaderEdit::Set(b"for=203.0.113.7")
+            forwarded_edit(ForwardedMode::Overwrite, text("203.0.113.7").as_ref()),
+            HeaderEdit::Set(b"for=203.0.113.7".to_vec())
         );
         assert_eq!(
-            forwarded_edit(
-                ForwardedMode::Overwrite,
-                text("2001:db8::1").as_ref(),
-                &mut scratch
-            ),
-            HeaderEdit::Set(b"for=\"[2001:db8::1]\"")
+            forwarded_edit(ForwardedMode::Overwrite, text("2001:db8::1").as_ref()),
+            HeaderEdit::Set(b"for=\"[2001:db8::1]\"".to_vec())
         );
         assert_eq!(
-            forwarded_edit(ForwardedMode::Overwrite, None, &mut scratch),
+            forwarded_edit(ForwardedMode::Overwrite, None),
             HeaderEdit::Remove
         );
         assert_eq!(
-            forwarded_edit(
-                ForwardedMode::Remove,
-                text("203.0.113.7").as_ref(),
-                &mut scratch
-            ),
+            forwarded_edit(ForwardedMode::Remove, text("203.0.113.7").as_ref()),
             HeaderEdit::Remove
         );
         assert_eq!(
-            forwarded_edit(
-                ForwardedMode::Preserve,
-                text("203.0.113.7").as_ref(),
-                &mut scratch
-            ),
+            forwarded_edit(ForwardedMode::Preserve, text("203.0.113.7").as_ref()),
             HeaderEdit::Keep
         );
     }

@@ -4,12 +4,16 @@
 
 use std::net::IpAddr;
 
-use client_ip::access::{AccessPolicy, AddressSet, Decision};
+use client_ip::access::{AccessPolicy, Decision};
 use client_ip::address::{parse_forwarded_entry, parse_host_port, parse_socket_peer, IpText};
-use client_ip::config::{FilterConfig, TrustPolicy, XffMode};
+use client_ip::config::{FilterConfig, XffMode};
+use client_ip::decide::{decide, RequestFacts};
 use client_ip::identity::{IdentityPattern, TrustedIdentities};
+use client_ip::peer::{from_waypoint, WaypointPeer};
+use client_ip::ranges::AddressSet;
 use client_ip::resolve::{resolve_client, ClientOrigin};
 use client_ip::rewrite::{forwarded_for_edit, HeaderEdit};
+use client_ip::trust::TrustPolicy;
 use proptest::prelude::*;
 
 const IDENTITY_ENTRIES: &[&str] = &[
@@ -41,8 +45,8 @@ fn any_policy() -> impl Strategy<Value = TrustPolicy> {
         0usize..=4,
         prop::sample::subsequence(IDENTITY_ENTRIES, 0..=IDENTITY_ENTRIES.len()),
     )
-        .prop_map(|(nets, trusted_hops, identities)| TrustPolicy {
-            trusted_proxies: nets
+        .prop_map(|(nets, trusted_hops, identities)| {
+            let nets: Vec<ipnet::IpNet> = nets
                 .into_iter()
                 .map(|(octets, prefix)| {
                     ipnet::Ipv4Net::new(octets.into(), prefix)
@@ -50,20 +54,28 @@ fn any_policy() -> impl Strategy<Value = TrustPolicy> {
                         .trunc()
                         .into()
                 })
-                .collect(),
+                .collect();
             // The configuration refuses hops beside identities.
-            trusted_hops: if identities.is_empty() {
+            let trusted_hops = if identities.is_empty() {
                 trusted_hops
             } else {
                 0
-            },
-            trusted_identities: TrustedIdentities::new(
+            };
+            let identities = TrustedIdentities::new(
                 identities
                     .iter()
                     .map(|e| IdentityPattern::parse(e).unwrap())
                     .collect(),
-            ),
+            );
+            TrustPolicy::new(&nets, trusted_hops, identities)
         })
+}
+
+/// A peer as the filter reads it: never the unspecified address.
+fn any_peer() -> impl Strategy<Value = IpAddr> {
+    any::<[u8; 4]>()
+        .prop_map(IpAddr::from)
+        .prop_filter("no peer is 0.0.0.0", |ip| !ip.is_unspecified())
 }
 
 /// X-Forwarded-For values: mostly address-like entries with junk mixed in.
@@ -100,7 +112,7 @@ proptest! {
     #[test]
     fn resolution_is_total_and_sound(
         policy in any_policy(),
-        peer in prop::option::of(any::<[u8; 4]>().prop_map(IpAddr::from)),
+        peer in prop::option::of(any_peer()),
         identity in any_peer_identity(),
         xff in prop::option::of(any_forwarded_for()),
     ) {
@@ -154,10 +166,9 @@ proptest! {
     #[test]
     fn rewrite_never_loses_the_peer(
         xff in prop::option::of(any_forwarded_for()),
-        peer in any::<[u8; 4]>().prop_map(IpAddr::from),
+        peer in any_peer(),
     ) {
-        let mut scratch = Vec::new();
-        let edit = forwarded_for_edit(XffMode::Append, xff.as_deref(), false, Some(peer), Some(&IpText::new(peer)), &mut scratch);
+        let edit = forwarded_for_edit(XffMode::Append, xff.as_deref(), false, Some(peer), Some(&IpText::new(peer)));
         let HeaderEdit::Set(value) = edit else { panic!("append with a known peer must set the header") };
         let last = value.rsplit(|&b| b == b',').next().unwrap();
         prop_assert_eq!(parse_forwarded_entry(last), Some(peer));
@@ -184,5 +195,70 @@ proptest! {
             Decision::AllowedByList => prop_assert!(!refused && in_list(&allow)),
             Decision::Allowed => prop_assert!(!refused && allow.is_empty()),
         }
+    }
+
+    /// The trust guarantee: whatever the configuration and the request, the
+    /// client header leaves the filter as the resolved client or not at all.
+    #[test]
+    fn no_forged_client_header_survives(
+        policy in any_policy(),
+        peer in prop::option::of(any_peer()),
+        identity in any_peer_identity(),
+        xff in prop::option::of(any_forwarded_for()),
+        received in prop::option::of(prop::collection::vec(any::<u8>(), 0..20)),
+        mode in prop::sample::select(vec!["append", "overwrite", "preserve"]),
+        deny in prop::option::of(any_peer()),
+    ) {
+        let json = format!(
+            r#"{{"xff_mode":"{mode}","count_forged_headers":true{}}}"#,
+            deny.map(|ip| format!(r#","deny_clients":["{ip}"]"#)).unwrap_or_default()
+        );
+        let mut config = FilterConfig::from_json(json.as_bytes()).unwrap();
+        config.trust = policy;
+        let mut facts = Facts { identity, xff, received };
+        let verdict = decide(&config, peer, &mut facts);
+        match (&verdict.client, &verdict.edits.client_header) {
+            (Some(client), HeaderEdit::Set(value)) => prop_assert_eq!(value.as_slice(), client.as_bytes()),
+            (None, HeaderEdit::Remove) => {}
+            (client, edit) => prop_assert!(false, "client {:?} but edit {:?}", client, edit),
+        }
+        prop_assert_eq!(verdict.is_denied(), deny.is_some() && verdict.resolution.client == deny);
+    }
+
+    #[test]
+    fn a_waypoint_record_takes_any_bytes(
+        ip in prop::option::of(prop::collection::vec(any::<u8>(), 0..50)),
+        port in prop::option::of(prop::collection::vec(any::<u8>(), 0..10)),
+    ) {
+        match from_waypoint(ip.as_deref(), port.as_deref()) {
+            WaypointPeer::Peer(peer) => {
+                prop_assert_eq!(parse_forwarded_entry(ip.as_deref().unwrap()), Some(peer));
+                let port = i64::from_le_bytes(port.unwrap().try_into().unwrap());
+                prop_assert!((1..=65535).contains(&port));
+            }
+            WaypointPeer::ForgedOnConnect => prop_assert_eq!(port, Some(vec![0; 8])),
+            WaypointPeer::Unknown => {}
+        }
+    }
+}
+
+struct Facts {
+    identity: Option<Vec<u8>>,
+    xff: Option<Vec<u8>>,
+    received: Option<Vec<u8>>,
+}
+
+impl RequestFacts for Facts {
+    fn peer_identity(&mut self) -> Option<Vec<u8>> {
+        self.identity.clone()
+    }
+    fn forwarded_for(&mut self) -> Option<Vec<u8>> {
+        self.xff.clone()
+    }
+    fn source_header(&mut self) -> Option<Vec<u8>> {
+        None
+    }
+    fn client_header(&mut self) -> Option<Vec<u8>> {
+        self.received.clone()
     }
 }

@@ -12,10 +12,11 @@ use std::net::IpAddr;
 
 use client_ip::address::IpText;
 use client_ip::config::ClientIpSource;
-use client_ip::config::{FilterConfig, ForwardedMode, TrustPolicy, XffMode, MAX_FORWARDED_ENTRIES};
+use client_ip::config::{FilterConfig, ForwardedMode, XffMode};
 use client_ip::identity::{IdentityPattern, TrustedIdentities};
 use client_ip::resolve::{resolve_client, resolve_client_from, ClientOrigin, Resolution};
 use client_ip::rewrite::{forwarded_edit, forwarded_for_edit, HeaderEdit};
+use client_ip::trust::{TrustPolicy, MAX_FORWARDED_ENTRIES};
 
 struct Case {
     name: &'static str,
@@ -458,26 +459,27 @@ const CASES: &[Case] = &[
 ];
 
 fn policy(case: &Case) -> TrustPolicy {
-    TrustPolicy {
-        trusted_proxies: case
-            .trusted_proxies
-            .iter()
-            .map(|text| {
-                let json = format!("{{\"trusted_proxies\":[\"{text}\"]}}");
-                FilterConfig::from_json(json.as_bytes())
-                    .unwrap()
-                    .trust
-                    .trusted_proxies[0]
-            })
-            .collect(),
-        trusted_hops: case.trusted_hops,
-        trusted_identities: TrustedIdentities::new(
+    // Through the config parser, so ranges are normalised as in the filter.
+    let nets = case
+        .trusted_proxies
+        .iter()
+        .map(|text| {
+            let json = format!("{{\"trusted_proxies\":[\"{text}\"]}}");
+            FilterConfig::from_json(json.as_bytes())
+                .unwrap()
+                .trusted_proxies[0]
+        })
+        .collect::<Vec<_>>();
+    TrustPolicy::new(
+        &nets,
+        case.trusted_hops,
+        TrustedIdentities::new(
             case.trusted_identities
                 .iter()
                 .map(|entry| IdentityPattern::parse(entry).unwrap())
                 .collect(),
         ),
-    }
+    )
 }
 
 fn source(case: &Case) -> ClientIpSource {
@@ -569,44 +571,25 @@ fn rewrites_per_mode() {
     let peer = Some(ip("127.0.0.5"));
     let client_text = peer.map(IpText::new);
     let client = client_text.as_ref();
-    let mut scratch = Vec::new();
     assert_eq!(
-        forwarded_for_edit(XffMode::Append, received, false, peer, client, &mut scratch),
-        HeaderEdit::Set(b"6.6.6.6,127.0.0.5")
+        forwarded_for_edit(XffMode::Append, received, false, peer, client),
+        HeaderEdit::Set(b"6.6.6.6,127.0.0.5".to_vec())
     );
     assert_eq!(
-        forwarded_for_edit(
-            XffMode::Overwrite,
-            received,
-            false,
-            peer,
-            client,
-            &mut scratch
-        ),
-        HeaderEdit::Set(b"127.0.0.5")
+        forwarded_for_edit(XffMode::Overwrite, received, false, peer, client),
+        HeaderEdit::Set(b"127.0.0.5".to_vec())
     );
     assert_eq!(
-        forwarded_for_edit(
-            XffMode::Preserve,
-            received,
-            false,
-            peer,
-            client,
-            &mut scratch
-        ),
+        forwarded_for_edit(XffMode::Preserve, received, false, peer, client),
         HeaderEdit::Keep
     );
     assert_eq!(
-        forwarded_edit(ForwardedMode::Overwrite, client, &mut scratch),
-        HeaderEdit::Set(b"for=127.0.0.5")
+        forwarded_edit(ForwardedMode::Overwrite, client),
+        HeaderEdit::Set(b"for=127.0.0.5".to_vec())
     );
     assert_eq!(
-        forwarded_edit(
-            ForwardedMode::Overwrite,
-            Some(&IpText::new(ip("::1"))),
-            &mut scratch
-        ),
-        HeaderEdit::Set(b"for=\"[::1]\"")
+        forwarded_edit(ForwardedMode::Overwrite, Some(&IpText::new(ip("::1")))),
+        HeaderEdit::Set(b"for=\"[::1]\"".to_vec())
     );
 }
 

@@ -5,71 +5,82 @@
 
 use std::cell::Cell;
 
-use super::host::{Host, MetricKind, Status};
+use super::host::{Host, MetricType, Status};
 
-/// Stat names, in the order [`Tally::take`] returns them.
-pub const NAMES: [&str; 10] = [
+/// Counts not yet handed to Envoy, one cell per counter.
+#[derive(Default)]
+pub struct Tally {
+    cells: [Cell<u64>; COUNTERS.len()],
+}
+
+/// Every counter: its stat name and what it counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(usize)]
+pub enum Counter {
+    /// Requests seen.
+    Requests,
+    /// Clients taken from the client source through trusted proxies or hops.
+    ClientFromTrusted,
+    /// Requests that arrived with a client IP header other than the resolved
+    /// one (under `count_forged_headers`).
+    ForgedHeaderReplaced,
+    /// Invalid entries of the client source met while resolving.
+    InvalidXffEntries,
+    /// Requests whose true peer could not be known.
+    PeerUnknown,
+    /// Requests whose waypoint peer was forged on the HBONE CONNECT (port 0).
+    PeerForgedOnConnect,
+    /// Requests whose peer was trusted by its mTLS identity.
+    PeerTrustedByIdentity,
+    /// Requests served because `allow_clients` lists their client.
+    AllowedByList,
+    /// Requests denied by the access lists.
+    Denied,
+    /// Requests the access lists would have denied, in a dry run.
+    DryRunDenied,
+    /// Requests from a trusted peer (or under `trusted_hops`) that did not
+    /// carry the client source header.
+    SourceMissing,
+    /// Requests answered with an error because a write the trust guarantee
+    /// depends on failed.
+    WriteFailed,
+    /// Requests whose client was unknown, so `envoy.network.ip` was not
+    /// published (under `publish_ip_filter_state`).
+    IpFilterStateUnpublished,
+}
+
+/// Stat names, in [`Counter`] order.
+pub const COUNTERS: [&str; 13] = [
     "client_ip.requests",
     "client_ip.client_from_trusted",
     "client_ip.forged_header_replaced",
     "client_ip.invalid_xff_entries",
     "client_ip.peer_unknown",
+    "client_ip.peer_forged_on_connect",
     "client_ip.peer_trusted_by_identity",
     "client_ip.allowed_by_list",
     "client_ip.denied",
     "client_ip.dry_run_denied",
     "client_ip.source_missing",
+    "client_ip.write_failed",
+    "client_ip.ip_filter_state_unpublished",
 ];
 
-/// Counts not yet handed to Envoy.
-#[derive(Default)]
-pub struct Tally {
-    /// Requests seen.
-    pub requests: Cell<u64>,
-    /// Clients taken from X-Forwarded-For through trusted proxies or hops.
-    pub client_from_trusted: Cell<u64>,
-    /// Requests that arrived with a client IP header other than the resolved one.
-    pub forged_header_replaced: Cell<u64>,
-    /// Invalid X-Forwarded-For entries met while resolving.
-    pub invalid_xff_entries: Cell<u64>,
-    /// Requests whose true peer could not be known.
-    pub peer_unknown: Cell<u64>,
-    /// Requests whose peer was trusted by its mTLS identity.
-    pub peer_trusted_by_identity: Cell<u64>,
-    /// Requests served because `allow_clients` lists their client.
-    pub allowed_by_list: Cell<u64>,
-    /// Requests denied by the access lists.
-    pub denied: Cell<u64>,
-    /// Requests the access lists would have denied, in a dry run.
-    pub dry_run_denied: Cell<u64>,
-    /// Requests from a trusted peer (or under `trusted_hops`) that did not
-    /// carry the client source header.
-    pub source_missing: Cell<u64>,
-}
-
-pub fn bump(cell: &Cell<u64>, by: u64) {
-    cell.set(cell.get().wrapping_add(by));
-}
-
 impl Tally {
-    fn take(&self) -> [u64; NAMES.len()] {
-        [
-            self.requests.take(),
-            self.client_from_trusted.take(),
-            self.forged_header_replaced.take(),
-            self.invalid_xff_entries.take(),
-            self.peer_unknown.take(),
-            self.peer_trusted_by_identity.take(),
-            self.allowed_by_list.take(),
-            self.denied.take(),
-            self.dry_run_denied.take(),
-            self.source_missing.take(),
-        ]
+    pub fn bump(&self, counter: Counter, by: u64) {
+        if let Some(cell) = self.cells.get(counter as usize) {
+            cell.set(cell.get().wrapping_add(by));
+        }
+    }
+
+    #[cfg(test)]
+    pub fn get(&self, counter: Counter) -> u64 {
+        self.cells.get(counter as usize).map_or(0, Cell::get)
     }
 }
 
 /// The VM's linear memory, published with the counters.
-const MEMORY_GAUGE: &str = "client_ip.vm_memory_bytes";
+pub const MEMORY_GAUGE: &str = "client_ip.vm_memory_bytes";
 
 /// Envoy's handles for the counters, defined once per root.
 pub struct Stats {
@@ -79,25 +90,27 @@ pub struct Stats {
 
 impl Stats {
     pub fn define(host: &impl Host) -> Result<Stats, Status> {
-        let ids = NAMES
+        let ids = COUNTERS
             .iter()
-            .map(|name| host.define_metric(MetricKind::Counter, name))
+            .map(|name| host.define_metric(MetricType::Counter, name))
             .collect::<Result<Vec<_>, _>>()?;
-        let memory_gauge = host.define_metric(MetricKind::Gauge, MEMORY_GAUGE)?;
+        let memory_gauge = host.define_metric(MetricType::Gauge, MEMORY_GAUGE)?;
         Ok(Stats { ids, memory_gauge })
     }
 
     /// Adds what the tally holds to Envoy's counters and empties it.
     pub fn flush(&self, host: &impl Host, tally: &Tally) {
-        for (id, delta) in self.ids.iter().zip(tally.take()) {
+        for (id, cell) in self.ids.iter().zip(&tally.cells) {
+            let delta = cell.take();
             if delta > 0 {
-                if let Err(status) = host.increment_metric(*id, delta) {
-                    log::debug!("counter {id} not incremented (host status {status})");
+                let by = i64::try_from(delta).unwrap_or(i64::MAX);
+                if let Err(status) = host.increment_metric(*id, by) {
+                    log::debug!("counter {id} not incremented (host status {status:?})");
                 }
             }
         }
         if let Err(status) = host.record_metric(self.memory_gauge, linear_memory_bytes()) {
-            log::debug!("memory gauge not recorded (host status {status})");
+            log::debug!("memory gauge not recorded (host status {status:?})");
         }
     }
 }

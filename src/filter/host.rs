@@ -1,55 +1,60 @@
 //! Every call the filter makes to its host, behind one trait.
 //!
-//! [`Host`] is what the filter needs from Envoy. [`WasmHost`] makes the
-//! proxy-wasm ABI calls (on wasm32); tests put a recording host in its place
-//! (`super::mock`), so the whole request flow runs and is counted on the
-//! build machine. Calls hand the host's status back instead of panicking on
-//! it, since a panic aborts the Wasm VM, and property paths come
-//! pre-serialised, so the request path builds no path vectors.
+//! [`Host`] is what the filter needs from Envoy. [`WasmHost`] makes the calls
+//! through the proxy-wasm SDK's `hostcalls` (on wasm32), always the byte
+//! variants: the SDK's String getters `unwrap()` UTF-8 on header values, so
+//! one client byte outside UTF-8 would abort the VM. Tests put a host that
+//! behaves like Envoy in its place (`super::mock`), so the whole request flow
+//! runs, and is counted, on the build machine.
 
-/// A proxy-wasm status code other than OK.
-pub type Status = u32;
+use std::time::Duration;
 
-/// Property paths, serialised as proxy-wasm expects: segments joined by NUL.
+pub use proxy_wasm::types::{LogLevel, MetricType, Status};
+
+/// Property paths, as segments.
 pub mod path {
     /// The downstream peer as Envoy reports it (`ip:port`).
-    pub const SOURCE_ADDRESS: &[u8] = b"source\0address";
-    /// The true TCP peer, recorded by the network filter for the HTTP filter.
+    pub const SOURCE_ADDRESS: &[&str] = &["source", "address"];
+    /// The true TCP peer, recorded by the peer filter for the HTTP filter.
     /// Envoy keeps it in filter state as `wasm.client_ip_peer`.
-    pub const CLIENT_IP_PEER: &[u8] = b"client_ip_peer";
+    pub const PEER_RECORD: &[&str] = &["client_ip_peer"];
     /// The resolved client, published as filter state `wasm.client_ip`.
-    pub const CLIENT_IP: &[u8] = b"client_ip";
+    pub const CLIENT_IP: &[&str] = &["client_ip"];
     /// The first URI SAN of the downstream peer's certificate: its SPIFFE
     /// identity on a mesh mTLS hop. Not found without a client certificate.
-    pub const PEER_URI_SAN: &[u8] = b"connection\0uri_san_peer_certificate";
+    pub const PEER_URI_SAN: &[&str] = &["connection", "uri_san_peer_certificate"];
+    /// An ambient waypoint's record of its HBONE peer, written by istiod's
+    /// `connect_terminate` listener: the address as text...
+    pub const WAYPOINT_PEER_IP: &[&str] = &[
+        "filter_state",
+        "envoy.filters.listener.original_dst.remote_ip",
+        "ip",
+    ];
+    /// ...and the port, an int64 (0 when the CONNECT forged the address).
+    pub const WAYPOINT_PEER_PORT: &[&str] = &[
+        "filter_state",
+        "envoy.filters.listener.original_dst.remote_ip",
+        "port",
+    ];
+    /// The HBONE peer's SPIFFE identity, recorded by the same listener.
+    pub const WAYPOINT_PEER_PRINCIPAL: &[&str] = &["filter_state", "io.istio.peer_principal"];
     /// The root_id this plugin was configured with.
-    pub const PLUGIN_ROOT_ID: &[u8] = b"plugin_root_id";
-
-    /// `request.headers.<name>`: every value of the header, joined by commas.
-    pub fn request_header(name: &str) -> Vec<u8> {
-        [b"request\0headers\0".as_slice(), name.as_bytes()].concat()
-    }
-}
-
-/// The kinds of metric proxy-wasm defines.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MetricKind {
-    Counter = 0,
-    Gauge = 1,
+    pub const PLUGIN_ROOT_ID: &[&str] = &["plugin_root_id"];
 }
 
 /// What the filter asks of Envoy. Getters return `Ok(None)` when the host
 /// has no such value.
 pub trait Host {
-    fn get_property(&self, path: &[u8]) -> Result<Option<Vec<u8>>, Status>;
-    fn set_property(&self, path: &[u8], value: &[u8]) -> Result<(), Status>;
+    fn get_property(&self, path: &[&str]) -> Result<Option<Vec<u8>>, Status>;
+    fn set_property(&self, path: &[&str], value: &[u8]) -> Result<(), Status>;
+    /// The first line of a request header.
     fn get_request_header(&self, name: &str) -> Result<Option<Vec<u8>>, Status>;
-    /// Replaces every instance of the header with one value.
+    /// Replaces every line of the header with one value.
     fn set_request_header(&self, name: &str, value: &[u8]) -> Result<(), Status>;
     fn remove_request_header(&self, name: &str) -> Result<(), Status>;
     /// Answers the request from the filter; it goes no further upstream.
-    /// `headers` comes from [`serialize_headers`]; `details` shows in Envoy's
-    /// `%RESPONSE_CODE_DETAILS%` and must hold no spaces.
+    /// `details` shows in Envoy's `%RESPONSE_CODE_DETAILS%` and must hold no
+    /// spaces; `headers` comes from [`serialize_headers`].
     fn send_local_response(
         &self,
         status: u16,
@@ -57,12 +62,20 @@ pub trait Host {
         body: &[u8],
         headers: &[u8],
     ) -> Result<(), Status>;
-    /// The plugin configuration, `size` bytes of it.
-    fn plugin_configuration(&self, size: usize) -> Result<Vec<u8>, Status>;
-    fn define_metric(&self, kind: MetricKind, name: &str) -> Result<u32, Status>;
-    fn increment_metric(&self, id: u32, by: u64) -> Result<(), Status>;
+    fn plugin_configuration(&self) -> Result<Option<Vec<u8>>, Status>;
+    fn define_metric(&self, kind: MetricType, name: &str) -> Result<u32, Status>;
+    fn increment_metric(&self, id: u32, by: i64) -> Result<(), Status>;
     fn record_metric(&self, id: u32, value: u64) -> Result<(), Status>;
-    fn set_tick_period_milliseconds(&self, period: u32) -> Result<(), Status>;
+    fn set_tick_period(&self, period: Duration) -> Result<(), Status>;
+    /// The level of Envoy's `wasm` logger.
+    fn log_level(&self) -> Result<LogLevel, Status>;
+    /// Makes the module's `log` records pass at `level` and above.
+    fn follow_log_level(&self, level: LogLevel);
+    fn call_foreign_function(
+        &self,
+        name: &str,
+        arguments: &[u8],
+    ) -> Result<Option<Vec<u8>>, Status>;
 }
 
 /// Headers serialised as proxy-wasm expects a header map: the pair count,
@@ -85,157 +98,60 @@ pub fn serialize_headers(pairs: &[(&str, &str)]) -> Vec<u8> {
     out
 }
 
-/// Envoy, through the proxy-wasm ABI.
-#[cfg(target_arch = "wasm32")]
+/// Envoy, through the proxy-wasm SDK.
+#[derive(Clone, Copy, Default)]
 pub struct WasmHost;
 
 #[cfg(target_arch = "wasm32")]
-mod abi {
-    use std::ptr::null_mut;
+mod sdk {
+    use std::time::Duration;
 
-    use super::{Host, MetricKind, Status, WasmHost};
+    use proxy_wasm::hostcalls;
+    use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType, Status};
 
-    const OK: u32 = 0;
-    const NOT_FOUND: u32 = 1;
-    const REQUEST_HEADERS: u32 = 0;
-    const PLUGIN_CONFIGURATION: u32 = 7;
+    use super::{Host, WasmHost};
+
     /// No gRPC status: Envoy derives one from the HTTP status for gRPC callers.
     const NO_GRPC_STATUS: i32 = -1;
 
+    // The SDK's send_http_response (0.2.5) sends empty response-code details,
+    // and a denial must show as `client_ip_denied` in Envoy's access log. The
+    // status is read as a plain integer, so no value the host returns can be
+    // an invalid enum.
+    #[allow(clashing_extern_declarations)]
     #[link(wasm_import_module = "env")]
     extern "C" {
-        fn proxy_get_property(
-            path_data: *const u8,
-            path_size: usize,
-            value_data: *mut *mut u8,
-            value_size: *mut usize,
-        ) -> u32;
-        fn proxy_set_property(
-            path_data: *const u8,
-            path_size: usize,
-            value_data: *const u8,
-            value_size: usize,
-        ) -> u32;
-        fn proxy_get_header_map_value(
-            map_type: u32,
-            key_data: *const u8,
-            key_size: usize,
-            value_data: *mut *mut u8,
-            value_size: *mut usize,
-        ) -> u32;
-        fn proxy_replace_header_map_value(
-            map_type: u32,
-            key_data: *const u8,
-            key_size: usize,
-            value_data: *const u8,
-            value_size: usize,
-        ) -> u32;
-        fn proxy_remove_header_map_value(
-            map_type: u32,
-            key_data: *const u8,
-            key_size: usize,
-        ) -> u32;
-        fn proxy_get_buffer_bytes(
-            buffer_type: u32,
-            start: usize,
-            max_size: usize,
-            data: *mut *mut u8,
-            size: *mut usize,
-        ) -> u32;
-        fn proxy_define_metric(
-            metric_type: u32,
-            name_data: *const u8,
-            name_size: usize,
-            metric_id: *mut u32,
-        ) -> u32;
-        fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
-        fn proxy_record_metric(metric_id: u32, value: u64) -> u32;
-        fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
         fn proxy_send_local_response(
             status_code: u32,
             status_code_details_data: *const u8,
             status_code_details_size: usize,
             body_data: *const u8,
             body_size: usize,
-            additional_headers_map_data: *const u8,
-            additional_headers_size: usize,
+            headers_data: *const u8,
+            headers_size: usize,
             grpc_status: i32,
         ) -> u32;
     }
 
-    fn check(status: u32) -> Result<(), Status> {
-        match status {
-            OK => Ok(()),
-            status => Err(status),
-        }
-    }
-
-    /// Takes ownership of a buffer the host filled. The host allocates it
-    /// through `proxy_on_memory_allocate`, which hands out exactly `size`
-    /// bytes from this module's allocator.
-    fn take_host_bytes(data: *mut u8, size: usize) -> Vec<u8> {
-        if data.is_null() {
-            return Vec::new();
-        }
-        // SAFETY: the host wrote `size` bytes into a buffer of capacity
-        // `size` that it obtained from this module's allocator, and hands it
-        // over.
-        unsafe { Vec::from_raw_parts(data, size, size) }
-    }
-
-    /// Calls a getter that returns a host buffer: `Ok(None)` when not found.
-    fn get_bytes(
-        call: impl FnOnce(*mut *mut u8, *mut usize) -> u32,
-    ) -> Result<Option<Vec<u8>>, Status> {
-        let mut data: *mut u8 = null_mut();
-        let mut size: usize = 0;
-        match call(&mut data, &mut size) {
-            OK => Ok(Some(take_host_bytes(data, size))),
-            NOT_FOUND => Ok(None),
-            status => Err(status),
-        }
-    }
-
     impl Host for WasmHost {
-        fn get_property(&self, path: &[u8]) -> Result<Option<Vec<u8>>, Status> {
-            // SAFETY: pointers and lengths come from live slices and out-parameters.
-            get_bytes(|data, size| unsafe {
-                proxy_get_property(path.as_ptr(), path.len(), data, size)
-            })
+        fn get_property(&self, path: &[&str]) -> Result<Option<Vec<u8>>, Status> {
+            hostcalls::get_property(path.to_vec())
         }
 
-        fn set_property(&self, path: &[u8], value: &[u8]) -> Result<(), Status> {
-            // SAFETY: pointers and lengths come from live slices.
-            check(unsafe {
-                proxy_set_property(path.as_ptr(), path.len(), value.as_ptr(), value.len())
-            })
+        fn set_property(&self, path: &[&str], value: &[u8]) -> Result<(), Status> {
+            hostcalls::set_property(path.to_vec(), Some(value))
         }
 
         fn get_request_header(&self, name: &str) -> Result<Option<Vec<u8>>, Status> {
-            // SAFETY: pointers and lengths come from live slices and out-parameters.
-            get_bytes(|data, size| unsafe {
-                proxy_get_header_map_value(REQUEST_HEADERS, name.as_ptr(), name.len(), data, size)
-            })
+            hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
         }
 
         fn set_request_header(&self, name: &str, value: &[u8]) -> Result<(), Status> {
-            // SAFETY: pointers and lengths come from live slices.
-            check(unsafe {
-                proxy_replace_header_map_value(
-                    REQUEST_HEADERS,
-                    name.as_ptr(),
-                    name.len(),
-                    value.as_ptr(),
-                    value.len(),
-                )
-            })
+            hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, name, Some(value))
         }
 
         fn remove_request_header(&self, name: &str) -> Result<(), Status> {
-            // SAFETY: pointers and lengths come from live slices.
-            check(unsafe {
-                proxy_remove_header_map_value(REQUEST_HEADERS, name.as_ptr(), name.len())
-            })
+            hostcalls::remove_map_value(MapType::HttpRequestHeaders, name)
         }
 
         fn send_local_response(
@@ -246,7 +162,7 @@ mod abi {
             headers: &[u8],
         ) -> Result<(), Status> {
             // SAFETY: pointers and lengths come from live slices.
-            check(unsafe {
+            let code = unsafe {
                 proxy_send_local_response(
                     u32::from(status),
                     details.as_ptr(),
@@ -257,41 +173,48 @@ mod abi {
                     headers.len(),
                     NO_GRPC_STATUS,
                 )
-            })
-        }
-
-        fn plugin_configuration(&self, size: usize) -> Result<Vec<u8>, Status> {
-            if size == 0 {
-                return Ok(Vec::new());
+            };
+            match code {
+                0 => Ok(()),
+                // Any refusal: the caller only needs to know it failed.
+                _ => Err(Status::InternalFailure),
             }
-            // SAFETY: out-parameters are live locals.
-            get_bytes(|data, out_size| unsafe {
-                proxy_get_buffer_bytes(PLUGIN_CONFIGURATION, 0, size, data, out_size)
-            })
-            .map(Option::unwrap_or_default)
         }
 
-        fn define_metric(&self, kind: MetricKind, name: &str) -> Result<u32, Status> {
-            let mut id: u32 = 0;
-            // SAFETY: pointers and lengths come from a live slice and a local.
-            check(unsafe { proxy_define_metric(kind as u32, name.as_ptr(), name.len(), &mut id) })?;
-            Ok(id)
+        fn plugin_configuration(&self) -> Result<Option<Vec<u8>>, Status> {
+            hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
         }
 
-        fn increment_metric(&self, id: u32, by: u64) -> Result<(), Status> {
-            let by = i64::try_from(by).unwrap_or(i64::MAX);
-            // SAFETY: plain values.
-            check(unsafe { proxy_increment_metric(id, by) })
+        fn define_metric(&self, kind: MetricType, name: &str) -> Result<u32, Status> {
+            hostcalls::define_metric(kind, name)
+        }
+
+        fn increment_metric(&self, id: u32, by: i64) -> Result<(), Status> {
+            hostcalls::increment_metric(id, by)
         }
 
         fn record_metric(&self, id: u32, value: u64) -> Result<(), Status> {
-            // SAFETY: plain values.
-            check(unsafe { proxy_record_metric(id, value) })
+            hostcalls::record_metric(id, value)
         }
 
-        fn set_tick_period_milliseconds(&self, period: u32) -> Result<(), Status> {
-            // SAFETY: plain value.
-            check(unsafe { proxy_set_tick_period_milliseconds(period) })
+        fn set_tick_period(&self, period: Duration) -> Result<(), Status> {
+            hostcalls::set_tick_period(period)
+        }
+
+        fn log_level(&self) -> Result<LogLevel, Status> {
+            hostcalls::get_log_level()
+        }
+
+        fn follow_log_level(&self, level: LogLevel) {
+            proxy_wasm::set_log_level(level);
+        }
+
+        fn call_foreign_function(
+            &self,
+            name: &str,
+            arguments: &[u8],
+        ) -> Result<Option<Vec<u8>>, Status> {
+            hostcalls::call_foreign_function(name, Some(arguments))
         }
     }
 }

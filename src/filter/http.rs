@@ -1,219 +1,202 @@
-//! The HTTP filter: resolves the client and rewrites the request headers.
+//! The HTTP filter, in three steps per request: read the facts from the host,
+//! [`decide`] without it, apply the verdict.
 
-use std::cell::RefCell;
 use std::net::IpAddr;
+use std::rc::Rc;
 
-use super::counters::{bump, Tally};
-use super::host::{path, serialize_headers, Host};
-use super::Action;
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::Action;
+
+use super::counters::{Counter, Tally};
+use super::host::{path, serialize_headers, Host, Status};
 use crate::access::Decision;
-use crate::address::{parse_forwarded_entry, parse_socket_peer, IpText};
-use crate::config::{ClientIpSource, FilterConfig, XffMode};
-use crate::resolve::{resolve_client, resolve_client_from, ClientOrigin};
-use crate::rewrite::{forwarded_edit, forwarded_for_edit, strip_envoy_append, HeaderEdit};
+use crate::address::IpText;
+use crate::config::{FilterConfig, DEFAULT_CLIENT_IP_HEADER};
+use crate::decide::{decide, RequestFacts, Verdict};
+use crate::envoy_filter_state::{request_object, IP_OBJECT, SET_ENVOY_FILTER_STATE};
+use crate::peer::{self, WaypointPeer};
+use crate::resolve::ClientOrigin;
+use crate::rewrite::HeaderEdit;
 
 const X_FORWARDED_FOR: &str = "x-forwarded-for";
 const FORWARDED: &str = "forwarded";
 /// A denial's body, and its `%RESPONSE_CODE_DETAILS%` in access logs.
 const DENY_BODY: &[u8] = b"client address not allowed\n";
 const DENY_DETAILS: &str = "client_ip_denied";
+/// The answer when a write the trust guarantee depends on failed: the
+/// request is never forwarded with what the client wrote.
+const WRITE_FAILED_STATUS: u16 = 500;
+const WRITE_FAILED_BODY: &[u8] = b"client address could not be set\n";
+const WRITE_FAILED_DETAILS: &str = "client_ip_write_failed";
 
 /// What every stream of one configured root shares.
 pub struct HttpShared {
-    config: FilterConfig,
+    pub config: FilterConfig,
     pub tally: Tally,
-    /// Reused for the new X-Forwarded-For value, so requests do not allocate.
-    scratch: RefCell<Vec<u8>>,
-    /// The denial's headers, serialised once.
-    deny_headers: Vec<u8>,
+    /// Local replies' headers, serialised once.
+    reply_headers: Vec<u8>,
     /// The property path of the client source header. The attribute holds
-    /// every value of a repeated header, joined by commas, where a header
-    /// read would return the first value only: a client's own line must not
-    /// hide the proxy's.
-    source_path: Vec<u8>,
+    /// every line of a repeated header, joined by commas, where a header read
+    /// returns the first only: a client's own line must not hide the proxy's.
+    source_path: [String; 3],
 }
 
 impl HttpShared {
     pub fn new(config: FilterConfig) -> Self {
         HttpShared {
-            source_path: path::request_header(config.source.header_name()),
+            source_path: [
+                "request".to_owned(),
+                "headers".to_owned(),
+                config.source.header_name().to_owned(),
+            ],
             config,
             tally: Tally::default(),
-            scratch: RefCell::new(Vec::with_capacity(256)),
-            deny_headers: serialize_headers(&[("content-type", "text/plain")]),
+            reply_headers: serialize_headers(&[("content-type", "text/plain")]),
         }
     }
 
-    /// One request's headers: resolve the client, apply the access lists,
-    /// rewrite the headers and publish the client.
+    /// One request's headers.
     pub fn serve_request(&self, host: &impl Host) -> Action {
         let tally = &self.tally;
-        bump(&tally.requests, 1);
-        let peer = read_peer(host);
-        if peer.is_none() {
-            bump(&tally.peer_unknown, 1);
-        }
-        let config = &self.config;
-        // X-Forwarded-For is read when it is the source, or to append to it.
-        let reads_xff =
-            config.source == ClientIpSource::XForwardedFor || config.xff_mode == XffMode::Append;
-        let seen_xff = if reads_xff {
-            logged(X_FORWARDED_FOR, host.get_request_header(X_FORWARDED_FOR)).flatten()
-        } else {
-            None
+        tally.bump(Counter::Requests, 1);
+        let peer = read_peer(host, tally);
+        let mut facts = HostFacts {
+            host,
+            config: &self.config,
+            source_path: &self.source_path,
         };
-        // Under `use_remote_address: true` Envoy has appended the peer already;
-        // the rules speak of X-Forwarded-For as it arrived.
-        let envoy_appended_to = match (&seen_xff, peer) {
-            (Some(seen), Some(peer)) => strip_envoy_append(seen, peer),
-            _ => None,
-        };
-        let received_xff = envoy_appended_to.or(seen_xff.as_deref());
-        let peer_identity =
-            || logged("peer identity", host.get_property(path::PEER_URI_SAN)).flatten();
-        let resolution = match &config.source {
-            ClientIpSource::XForwardedFor => {
-                resolve_client(&config.trust, peer, peer_identity, received_xff)
-            }
-            // Another header is read only when the peer is trusted.
-            source => resolve_client_from(&config.trust, peer, peer_identity, source, || {
-                logged(source.header_name(), host.get_property(&self.source_path)).flatten()
-            }),
-        };
-        bump(
-            &tally.invalid_xff_entries,
+        let verdict = decide(&self.config, peer, &mut facts);
+        self.count(&verdict);
+        self.apply(host, &verdict)
+    }
+
+    fn count(&self, verdict: &Verdict) {
+        let tally = &self.tally;
+        let resolution = &verdict.resolution;
+        tally.bump(
+            Counter::InvalidXffEntries,
             u64::from(resolution.invalid_entries),
         );
         if resolution.peer_trusted_by_identity {
-            bump(&tally.peer_trusted_by_identity, 1);
+            tally.bump(Counter::PeerTrustedByIdentity, 1);
         }
         if resolution.source_missing {
-            bump(&tally.source_missing, 1);
+            tally.bump(Counter::SourceMissing, 1);
         }
         if matches!(
             resolution.origin,
             ClientOrigin::TrustedHops | ClientOrigin::TrustedProxies
         ) {
-            bump(&tally.client_from_trusted, 1);
+            tally.bump(Counter::ClientFromTrusted, 1);
         }
-        let client = resolution.client.map(IpText::new);
-
-        match config.access.decide(resolution.client) {
+        if verdict.forged_client_header {
+            tally.bump(Counter::ForgedHeaderReplaced, 1);
+        }
+        match verdict.access {
             Decision::Allowed => {}
-            Decision::AllowedByList => bump(&tally.allowed_by_list, 1),
+            Decision::AllowedByList => tally.bump(Counter::AllowedByList, 1),
             Decision::WouldDeny(reason) => {
-                bump(&tally.dry_run_denied, 1);
+                tally.bump(Counter::DryRunDenied, 1);
                 log::debug!(
                     "dry run: would deny client {} ({})",
-                    shown(client.as_ref()),
+                    shown(verdict.client.as_ref()),
                     reason.as_str()
                 );
             }
             Decision::Denied(reason) => {
-                bump(&tally.denied, 1);
+                tally.bump(Counter::Denied, 1);
                 log::debug!(
                     "denied client {} ({})",
-                    shown(client.as_ref()),
+                    shown(verdict.client.as_ref()),
                     reason.as_str()
                 );
-                // The request goes no further, but its access log line
-                // shows the client like any other.
-                if let (Some(header), Some(client)) = (&config.client_ip_header, &client) {
-                    apply(host, header, HeaderEdit::Set(client.as_bytes()));
-                }
-                self.publish_client(host, client.as_ref());
-                self.deny(host);
-                return Action::Pause;
             }
         }
-
-        if let Some(header) = &config.client_ip_header {
-            self.write_client_header(host, header, client.as_ref());
-        }
-        self.write_forwarding_headers(
-            host,
-            received_xff,
-            envoy_appended_to.is_some(),
-            peer,
-            client.as_ref(),
-        );
-        self.publish_client(host, client.as_ref());
-        Action::Continue
     }
 
-    /// The client as filter state `wasm.client_ip`, for access logs and
-    /// other filters, when `publish_filter_state` asks for it.
-    fn publish_client(&self, host: &impl Host, client: Option<&IpText>) {
-        if let (true, Some(client)) = (self.config.publish_filter_state, client) {
-            logged(
-                "filter state",
-                host.set_property(path::CLIENT_IP, client.as_bytes()),
+    /// Applies the verdict. Every header write, and the publication of
+    /// `envoy.network.ip`, is one the trust guarantee depends on: should any
+    /// fail, the request is answered with an error and never forwarded.
+    fn apply(&self, host: &impl Host, verdict: &Verdict) -> Action {
+        let header = self
+            .config
+            .client_ip_header
+            .as_deref()
+            .unwrap_or(DEFAULT_CLIENT_IP_HEADER);
+        let edits = &verdict.edits;
+        let written = write(host, header, &edits.client_header)
+            .and_then(|()| write(host, X_FORWARDED_FOR, &edits.forwarded_for))
+            .and_then(|()| write(host, FORWARDED, &edits.forwarded))
+            .and_then(|()| self.publish(host, verdict.client.as_ref()));
+        if verdict.is_denied() {
+            // The denial stands whatever was written: it only labels the log.
+            return self.reply(
+                host,
+                self.config.access.deny_status,
+                DENY_DETAILS,
+                DENY_BODY,
             );
         }
-    }
-
-    /// Answers a denied request; it never reaches the application. Should
-    /// Envoy refuse the reply, the request stays paused rather than go on.
-    fn deny(&self, host: &impl Host) {
-        let status = self.config.access.deny_status;
-        if let Err(status_code) =
-            host.send_local_response(status, DENY_DETAILS, DENY_BODY, &self.deny_headers)
-        {
-            log::warn!("denial not answered (host status {status_code}); the request is held");
+        match written {
+            Ok(()) => Action::Continue,
+            Err(failure) => {
+                self.tally.bump(Counter::WriteFailed, 1);
+                log::warn!(
+                    "{failure}; answering {WRITE_FAILED_STATUS} rather than forwarding what the client sent"
+                );
+                self.reply(
+                    host,
+                    WRITE_FAILED_STATUS,
+                    WRITE_FAILED_DETAILS,
+                    WRITE_FAILED_BODY,
+                )
+            }
         }
     }
 
-    /// The header is always replaced, never appended, so whatever the client
-    /// sent under that name never reaches the application.
-    fn write_client_header(&self, host: &impl Host, header: &str, client: Option<&IpText>) {
-        let wanted = client.map(IpText::as_bytes);
-        // Replacing needs no read: the read is only for the counter.
-        if self.config.count_forged_headers {
-            if let Some(received) = logged(header, host.get_request_header(header)).flatten() {
-                if Some(received.as_slice()) != wanted {
-                    bump(&self.tally.forged_header_replaced, 1);
+    /// The client as filter state, for access logs and Envoy's own filters,
+    /// as configured.
+    fn publish(&self, host: &impl Host, client: Option<&IpText>) -> Result<(), String> {
+        if self.config.publish_filter_state {
+            if let Some(client) = client {
+                // Only logs read `wasm.client_ip`: a failure is logged, not fatal.
+                if let Err(status) = host.set_property(path::CLIENT_IP, client.as_bytes()) {
+                    log::debug!("filter state wasm.client_ip not set (host status {status:?})");
                 }
             }
         }
-        apply(
-            host,
-            header,
-            wanted.map_or(HeaderEdit::Remove, HeaderEdit::Set),
-        );
-    }
-
-    /// X-Forwarded-For and Forwarded, as their modes say.
-    fn write_forwarding_headers(
-        &self,
-        host: &impl Host,
-        received: Option<&[u8]>,
-        envoy_appended: bool,
-        peer: Option<IpAddr>,
-        client: Option<&IpText>,
-    ) {
-        self.with_scratch(|scratch| {
-            let edit = forwarded_for_edit(
-                self.config.xff_mode,
-                received,
-                envoy_appended,
-                peer,
-                client,
-                scratch,
-            );
-            apply(host, X_FORWARDED_FOR, edit);
-            let edit = forwarded_edit(self.config.forwarded_mode, client, scratch);
-            apply(host, FORWARDED, edit);
-        });
-    }
-
-    fn with_scratch(&self, write: impl FnOnce(&mut Vec<u8>)) {
-        // A stream never re-enters while another runs; should the borrow
-        // ever fail, a fresh buffer does the job.
-        match self.scratch.try_borrow_mut() {
-            Ok(mut scratch) => write(&mut scratch),
-            Err(_) => write(&mut Vec::new()),
+        if self.config.publish_ip_filter_state {
+            match client {
+                Some(client) => {
+                    let arguments = request_object(IP_OBJECT, client.as_bytes());
+                    host.call_foreign_function(SET_ENVOY_FILTER_STATE, &arguments)
+                        .map_err(|status| {
+                            format!("filter state {IP_OBJECT} not set (host status {status:?})")
+                        })?;
+                }
+                None => self.tally.bump(Counter::IpFilterStateUnpublished, 1),
+            }
         }
+        Ok(())
     }
+
+    fn reply(&self, host: &impl Host, status: u16, details: &str, body: &[u8]) -> Action {
+        if let Err(code) = host.send_local_response(status, details, body, &self.reply_headers) {
+            // Paused, the request goes no further upstream until Envoy's
+            // timeouts end it.
+            log::warn!("local reply {status} refused (host status {code:?}); the request is held");
+        }
+        Action::Pause
+    }
+}
+
+fn write(host: &impl Host, header: &str, edit: &HeaderEdit) -> Result<(), String> {
+    let result = match edit {
+        HeaderEdit::Keep => return Ok(()),
+        HeaderEdit::Set(value) => host.set_request_header(header, value),
+        HeaderEdit::Remove => host.remove_request_header(header),
+    };
+    result.map_err(|status| format!("header {header} not written (host status {status:?})"))
 }
 
 /// The client as a log line shows it.
@@ -221,47 +204,139 @@ fn shown(client: Option<&IpText>) -> &str {
     client.map_or("unknown", IpText::as_str)
 }
 
-fn apply(host: &impl Host, header: &str, edit: HeaderEdit) {
-    let result = match edit {
-        HeaderEdit::Keep => return,
-        HeaderEdit::Set(value) => host.set_request_header(header, value),
-        HeaderEdit::Remove => host.remove_request_header(header),
-    };
-    logged(header, result);
+/// The facts a decision may ask for, read from the host when it asks.
+struct HostFacts<'a, H> {
+    host: &'a H,
+    config: &'a FilterConfig,
+    source_path: &'a [String; 3],
 }
 
-/// The true downstream peer: the network filter's record when it runs, else
-/// Envoy's `source.address` when that is the socket's (it has a real port).
-/// With `use_remote_address: false` and an X-Forwarded-For present, Envoy's
-/// `source.address` is that header's rightmost entry with port 0, which the
-/// client controls, so then the peer is unknown.
-fn read_peer(host: &impl Host) -> Option<IpAddr> {
-    if let Some(recorded) = logged("peer", host.get_property(path::CLIENT_IP_PEER)).flatten() {
-        return parse_forwarded_entry(&recorded);
+impl<H: Host> RequestFacts for HostFacts<'_, H> {
+    fn peer_identity(&mut self) -> Option<Vec<u8>> {
+        // Without a peer certificate (an ambient waypoint's internal
+        // listener), the HBONE peer's principal as the waypoint recorded it.
+        read(self.host, "peer identity", path::PEER_URI_SAN).or_else(|| {
+            read(
+                self.host,
+                "waypoint principal",
+                path::WAYPOINT_PEER_PRINCIPAL,
+            )
+        })
     }
-    let source = logged("peer", host.get_property(path::SOURCE_ADDRESS)).flatten()?;
-    parse_socket_peer(&source)
+
+    fn forwarded_for(&mut self) -> Option<Vec<u8>> {
+        // Envoy joins repeated X-Forwarded-For lines as they arrive, so one
+        // read sees them all.
+        logged(
+            X_FORWARDED_FOR,
+            self.host.get_request_header(X_FORWARDED_FOR),
+        )
+        .flatten()
+    }
+
+    fn source_header(&mut self) -> Option<Vec<u8>> {
+        let [a, b, c] = self.source_path;
+        let path = [a.as_str(), b.as_str(), c.as_str()];
+        read(self.host, self.config.source.header_name(), &path)
+    }
+
+    fn client_header(&mut self) -> Option<Vec<u8>> {
+        let header = self.config.client_ip_header.as_deref()?;
+        logged(header, self.host.get_request_header(header)).flatten()
+    }
 }
 
-/// A failed host call never fails the request: it is logged and the request
-/// goes on without that step.
-fn logged<T>(what: &str, result: Result<T, super::host::Status>) -> Option<T> {
+/// The true downstream peer, from the first place that knows (see
+/// [`crate::peer`]).
+fn read_peer(host: &impl Host, tally: &Tally) -> Option<IpAddr> {
+    if let Some(record) = read(host, "peer record", path::PEER_RECORD) {
+        return known(peer::from_peer_filter(&record), tally);
+    }
+    if let Some(source) = read(host, "source address", path::SOURCE_ADDRESS) {
+        if let Some(peer) = peer::from_source_address(&source) {
+            return Some(peer);
+        }
+    }
+    // The port first: when it is absent there is no waypoint record, and
+    // when it is 0 the address is a forgery not worth reading.
+    let port = read(host, "waypoint peer port", path::WAYPOINT_PEER_PORT);
+    let mut waypoint = peer::from_waypoint(None, port.as_deref());
+    if port.is_some() && waypoint != WaypointPeer::ForgedOnConnect {
+        let ip = read(host, "waypoint peer", path::WAYPOINT_PEER_IP);
+        waypoint = peer::from_waypoint(ip.as_deref(), port.as_deref());
+    }
+    match waypoint {
+        WaypointPeer::Peer(peer) => Some(peer),
+        WaypointPeer::ForgedOnConnect => {
+            tally.bump(Counter::PeerForgedOnConnect, 1);
+            log::debug!("the HBONE CONNECT carried the peer's address: peer unknown");
+            known(None, tally)
+        }
+        WaypointPeer::Unknown => known(None, tally),
+    }
+}
+
+fn known(peer: Option<IpAddr>, tally: &Tally) -> Option<IpAddr> {
+    if peer.is_none() {
+        tally.bump(Counter::PeerUnknown, 1);
+    }
+    peer
+}
+
+fn read(host: &impl Host, what: &str, path: &[&str]) -> Option<Vec<u8>> {
+    logged(what, host.get_property(path)).flatten()
+}
+
+/// A failed read never fails the request: it is logged, and the decision
+/// goes on without that fact (an unknown peer, no identity, no header).
+fn logged<T>(what: &str, result: Result<T, Status>) -> Option<T> {
     match result {
         Ok(value) => Some(value),
         Err(status) => {
-            log::debug!("host call on {what} failed (host status {status})");
+            log::debug!("host call on {what} failed (host status {status:?})");
             None
+        }
+    }
+}
+
+/// One HTTP stream.
+pub struct ClientIpStream<H> {
+    pub host: H,
+    /// `None` while the root has no accepted configuration.
+    pub shared: Option<Rc<HttpShared>>,
+}
+
+impl<H: Host> Context for ClientIpStream<H> {}
+
+impl<H: Host> HttpContext for ClientIpStream<H> {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        match &self.shared {
+            Some(shared) => shared.serve_request(&self.host),
+            None => serve_unconfigured(&self.host),
         }
     }
 }
 
 /// A stream whose root has no configuration (Envoy creates none for a root
 /// whose configuration failed; were it to, the forgeable header must still
-/// not pass).
-pub fn serve_unconfigured(host: &impl Host) -> Action {
-    logged(
-        crate::config::DEFAULT_CLIENT_IP_HEADER,
-        host.remove_request_header(crate::config::DEFAULT_CLIENT_IP_HEADER),
-    );
-    Action::Continue
+/// not pass, and nothing else is known).
+fn serve_unconfigured(host: &impl Host) -> Action {
+    match host.remove_request_header(DEFAULT_CLIENT_IP_HEADER) {
+        Ok(()) => Action::Continue,
+        Err(status) => {
+            log::warn!(
+                "unconfigured stream could not remove {DEFAULT_CLIENT_IP_HEADER} (host status {status:?})"
+            );
+            let headers = serialize_headers(&[]);
+            if let Err(code) = host.send_local_response(
+                WRITE_FAILED_STATUS,
+                WRITE_FAILED_DETAILS,
+                WRITE_FAILED_BODY,
+                &headers,
+            ) {
+                log::warn!("local reply refused (host status {code:?}); the request is held");
+            }
+            Action::Pause
+        }
+    }
 }

@@ -1,38 +1,35 @@
-//! Glue between the proxy-wasm ABI and the client-IP logic.
+//! Glue between the proxy-wasm SDK and the client-IP logic.
 //!
 //! One module, two roots, chosen by `root_id`:
-//! - `client_ip`: the HTTP filter that resolves the client and rewrites headers;
-//! - `client_ip_peer`: a network filter that records each connection's true
-//!   TCP peer for the HTTP filter, because with `use_remote_address: false`
-//!   Envoy's `source.address` is the rightmost X-Forwarded-For entry.
+//! - `client_ip`: the HTTP filter, which resolves the client and rewrites
+//!   headers ([`http`]);
+//! - `client_ip_peer`: the peer filter, a network filter that records each
+//!   connection's true TCP peer for the HTTP filter ([`peer_filter`]).
 //!
-//! The module implements the ABI's callbacks itself ([`exports`], wasm32
-//! only) instead of through an SDK's dispatcher: per stream it keeps one
-//! map entry and enters no code it does not need. Everything below the
-//! callbacks reaches Envoy through the [`host::Host`] trait, so the request
-//! flow runs in unit tests against a recording host.
+//! The SDK dispatches Envoy's callbacks to the contexts here. Everything the
+//! contexts ask of Envoy goes through the [`host::Host`] trait, so the whole
+//! flow runs in unit tests against a host that behaves like Envoy.
 
 // Off wasm32 nothing calls in but the unit tests.
 #![cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
 
-mod contexts;
 mod counters;
-#[cfg(target_arch = "wasm32")]
-mod exports;
 #[cfg(test)]
 mod flow_tests;
 mod host;
 mod http;
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod link_stubs;
 #[cfg(test)]
 mod mock;
-mod peer;
+mod peer_filter;
 mod root;
 
-/// What a stream callback tells Envoy to do next.
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Action {
-    Continue = 0,
-    /// Stop here: the filter answered the request itself.
-    Pause = 1,
-}
+#[cfg(target_arch = "wasm32")]
+proxy_wasm::main! {{
+    // Info until the first root reads Envoy's level and follows it.
+    proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn proxy_wasm::traits::RootContext> {
+        Box::new(root::PluginRoot::new(host::WasmHost))
+    });
+}}

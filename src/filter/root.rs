@@ -1,22 +1,30 @@
 //! A root context: learns its role from `root_id`, checks the plugin JSON
-//! once, and publishes the counters.
+//! once, follows Envoy's log level, and publishes the counters.
 
 use std::rc::Rc;
+use std::time::Duration;
+
+use proxy_wasm::traits::{Context, HttpContext, RootContext, StreamContext};
+use proxy_wasm::types::{ContextType, Status};
 
 use super::counters::Stats;
 use super::host::{path, Host};
-use super::http::HttpShared;
+use super::http::{ClientIpStream, HttpShared};
+use super::peer_filter::PeerFilter;
 use crate::config::{check_peer_config, FilterConfig};
+use crate::envoy_filter_state::{request_object, IP_OBJECT, SET_ENVOY_FILTER_STATE};
 
 pub const HTTP_ROOT_ID: &[u8] = b"client_ip";
 pub const PEER_ROOT_ID: &[u8] = b"client_ip_peer";
 
-/// How often counters reach Envoy's stats.
-const STATS_PERIOD_MS: u32 = 1000;
+/// How often counters reach Envoy's stats, and the log level is checked.
+const TICK: Duration = Duration::from_secs(1);
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Role {
+    /// The HTTP filter.
     Http,
+    /// The peer filter: a network filter that records each connection's peer.
     Peer,
     /// The root_id as read, or why it could not be read.
     Unknown(String),
@@ -29,41 +37,42 @@ impl Role {
             Ok(Some(id)) if id == PEER_ROOT_ID => Role::Peer,
             Ok(Some(id)) => Role::Unknown(format!("{:?}", String::from_utf8_lossy(&id))),
             Ok(None) => Role::Unknown("none".to_owned()),
-            Err(status) => Role::Unknown(format!("unreadable (host status {status})")),
+            Err(status) => Role::Unknown(format!("unreadable (host status {status:?})")),
         }
     }
 }
 
-pub struct PluginRoot {
+pub struct PluginRoot<H> {
+    host: H,
     pub role: Role,
     /// Set once the HTTP role is configured; every stream of the root shares it.
     pub http: Option<Rc<HttpShared>>,
     stats: Option<Stats>,
 }
 
-impl PluginRoot {
-    pub fn new(host: &impl Host) -> Self {
+impl<H: Host + Clone> PluginRoot<H> {
+    pub fn new(host: H) -> Self {
         PluginRoot {
-            role: Role::detect(host),
+            host,
+            role: Role::Unknown("not yet read".to_owned()),
             http: None,
             stats: None,
         }
     }
 
     /// Checks and applies the plugin configuration; `false` refuses it.
-    pub fn configure(&mut self, host: &impl Host, configuration_size: usize) -> bool {
-        if let Role::Unknown(_) = self.role {
-            self.role = Role::detect(host);
-        }
-        let json = match host.plugin_configuration(configuration_size) {
-            Ok(json) => json,
+    pub fn configure(&mut self) -> bool {
+        self.follow_log_level();
+        self.role = Role::detect(&self.host);
+        let json = match self.host.plugin_configuration() {
+            Ok(json) => json.unwrap_or_default(),
             Err(status) => {
-                log::error!("cannot read the plugin configuration (host status {status})");
+                log::error!("cannot read the plugin configuration (host status {status:?})");
                 return false;
             }
         };
         match &self.role {
-            Role::Http => self.configure_http(host, &json),
+            Role::Http => self.configure_http(&json),
             Role::Peer => match check_peer_config(&json) {
                 Ok(()) => true,
                 Err(error) => {
@@ -73,14 +82,14 @@ impl PluginRoot {
             },
             Role::Unknown(root_id) => {
                 log::error!(
-                    "field `root_id`: {root_id} is not a root of this module; use \"client_ip\" for the HTTP filter or \"client_ip_peer\" for the network filter"
+                    "field `root_id`: {root_id} is not a root of this module; use \"client_ip\" for the HTTP filter or \"client_ip_peer\" for the peer filter"
                 );
                 false
             }
         }
     }
 
-    fn configure_http(&mut self, host: &impl Host, json: &[u8]) -> bool {
+    fn configure_http(&mut self, json: &[u8]) -> bool {
         let config = match FilterConfig::from_json(json) {
             Ok(config) => config,
             Err(error) => {
@@ -88,26 +97,98 @@ impl PluginRoot {
                 return false;
             }
         };
+        if config.publish_ip_filter_state {
+            if let Err(problem) = check_ip_filter_state(&self.host) {
+                log::error!("invalid plugin configuration: field `publish_ip_filter_state`: true, but {problem}");
+                return false;
+            }
+        }
         if config.ignores_trusted_proxies() {
             log::warn!("trusted_hops is set, so trusted_proxies is not used");
         }
         if self.stats.is_none() {
-            match Stats::define(host) {
+            match Stats::define(&self.host) {
                 Ok(stats) => self.stats = Some(stats),
-                Err(status) => log::warn!("counters unavailable (host status {status})"),
-            }
-            if let Err(status) = host.set_tick_period_milliseconds(STATS_PERIOD_MS) {
-                log::warn!("counters will not be published (host status {status})");
+                Err(status) => log::warn!("counters unavailable (host status {status:?})"),
             }
         }
-        self.flush_stats(host);
+        if let Err(status) = self.host.set_tick_period(TICK) {
+            log::warn!("counters will not be published (host status {status:?})");
+        }
         self.http = Some(Rc::new(HttpShared::new(config)));
+        self.flush_stats();
         true
     }
 
-    pub fn flush_stats(&self, host: &impl Host) {
-        if let (Some(stats), Some(http)) = (&self.stats, &self.http) {
-            stats.flush(host, &http.tally);
+    /// Lets debug lines through when Envoy's `wasm` logger is at debug, and
+    /// keeps them out (unformatted) when it is not.
+    fn follow_log_level(&self) {
+        match self.host.log_level() {
+            Ok(level) => self.host.follow_log_level(level),
+            Err(status) => log::debug!("log level unreadable (host status {status:?})"),
         }
+    }
+
+    pub fn flush_stats(&self) {
+        if let (Some(stats), Some(http)) = (&self.stats, &self.http) {
+            stats.flush(&self.host, &http.tally);
+        }
+    }
+
+    pub fn new_http_stream(&self) -> ClientIpStream<H> {
+        ClientIpStream {
+            host: self.host.clone(),
+            shared: self.http.clone(),
+        }
+    }
+}
+
+/// Whether this Envoy can publish `envoy.network.ip`. From a root context
+/// (no request), Envoy looks up the object factory, then builds the object
+/// from the value: a value that is no IP fails there with BadArgument only
+/// when both the foreign function and the factory exist. NotFound means one
+/// of them is missing.
+fn check_ip_filter_state(host: &impl Host) -> Result<(), String> {
+    let probe = request_object(IP_OBJECT, b"not-an-ip");
+    match host.call_foreign_function(SET_ENVOY_FILTER_STATE, &probe) {
+        Err(Status::BadArgument) => Ok(()),
+        Err(Status::NotFound) => Err(format!(
+            "this Envoy lacks the foreign function {SET_ENVOY_FILTER_STATE} or the filter-state object {IP_OBJECT}"
+        )),
+        other => Err(format!(
+            "this Envoy's {SET_ENVOY_FILTER_STATE} answered {other:?} where a host that has it refuses a value that is no IP"
+        )),
+    }
+}
+
+impl<H: Host + Clone> Context for PluginRoot<H> {}
+
+impl<H: Host + Clone + 'static> RootContext for PluginRoot<H> {
+    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+        self.configure()
+    }
+
+    fn on_tick(&mut self) {
+        self.follow_log_level();
+        self.flush_stats();
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(self.new_http_stream()))
+    }
+
+    fn create_stream_context(&self, _context_id: u32) -> Option<Box<dyn StreamContext>> {
+        Some(Box::new(PeerFilter {
+            host: self.host.clone(),
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        // The SDK panics on a root without a type, so an unconfigured root
+        // still answers one.
+        Some(match self.role {
+            Role::Peer => ContextType::StreamContext,
+            _ => ContextType::HttpContext,
+        })
     }
 }
