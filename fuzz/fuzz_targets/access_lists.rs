@@ -5,7 +5,8 @@
 
 use std::net::IpAddr;
 
-use client_ip::access::{AccessPolicy, AddressSet, Decision};
+use client_ip::access::{AccessPolicy, Decision};
+use client_ip::ranges::AddressSet;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use libfuzzer_sys::fuzz_target;
 

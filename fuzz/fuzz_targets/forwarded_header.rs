@@ -6,7 +6,7 @@
 use std::net::IpAddr;
 
 use client_ip::address::{parse_forwarded_entry, IpText};
-use client_ip::config::MAX_FORWARDED_ENTRIES;
+use client_ip::trust::MAX_FORWARDED_ENTRIES;
 use client_ip::forwarded::for_nodes_from_right;
 use libfuzzer_sys::fuzz_target;
 

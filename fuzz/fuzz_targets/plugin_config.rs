@@ -11,7 +11,7 @@ fuzz_target!(|data: &[u8]| {
     match FilterConfig::from_json(data) {
         Ok(config) => {
             assert!(config.trust.trusted_hops <= MAX_FORWARDED_ENTRIES);
-            assert!(config.trust.trusted_proxies.len() <= MAX_TRUSTED_PROXIES);
+            assert!(config.trusted_proxies.len() <= MAX_TRUSTED_PROXIES);
             assert!(config.trust.trusted_identities.len() <= MAX_TRUSTED_IDENTITIES);
             assert!(config.trust.trusted_hops == 0 || config.trust.trusted_identities.is_empty());
             if let Some(header) = &config.client_ip_header {
