@@ -20,14 +20,28 @@ chains hold small hand-written Wasm modules:
 - envoy-test/empty-filter.wat: the per-stream callbacks doing nothing, what
   Envoy charges for any proxy-wasm HTTP filter;
 - envoy-test/job-floor.wat: the job (the peer into x-real-ip, appended to
-  X-Forwarded-For) with only the host calls it cannot avoid, the yardstick
-  client-ip's added cost is measured against;
+  X-Forwarded-For) with only the four host calls it cannot avoid, the
+  yardstick client-ip's added cost is measured against. Its plugin
+  configuration picks one of two floors: the job floor parses the peer (drops
+  the port, strips IPv6 brackets), the bare floor writes the property's bytes
+  as they are and parses nothing, the stricter of the two;
 - envoy-test/host-call-probe.wat and extra-entry-filter.wat: one host call
   (or one more VM entry) each, for a table of what each costs.
 
+Two chains measure the largest configuration: client-ip with
+`trusted_proxies`, `allow_clients` and `deny_clients` each at their cap and
+the longest walk (a 32-entry X-Forwarded-For, every entry trusted but the
+leftmost), beside client-ip's default configuration fed the same header, and
+a no-filter chain fed it too as their baseline.
+
+Before measuring, one request per chain doing the job checks what the
+upstream received (the client header and X-Forwarded-For), so each chain is
+known to take the path it claims to measure.
+
 Environment (or the matching options): BENCH_ROUNDS, BENCH_SECONDS,
 BENCH_CHAINS (comma-separated chain names or shell patterns; the no-filter
-chain always runs), BENCH_WORKLOADS (keep-alive, new-connection, http2),
+chain always runs, and the 32-entry chains bring the chains they are read
+against), BENCH_WORKLOADS (keep-alive, new-connection, http2),
 BENCH_OUT (the report's path; the chart goes beside it as benchmarks.svg).
 """
 
@@ -58,11 +72,17 @@ MODULE = pathlib.Path(os.environ.get("PLUGIN_WASM", REPO / "build/plugin.wasm"))
 COMPARE_MODULE = os.environ.get("BENCH_COMPARE_MODULE")
 FINDINGS = REPO / "envoy-test/bench-findings.md"
 RAW_MODULE = REPO / "target/wasm32-wasip1/release/client_ip.wasm"
-SIZE_TARGET_KIB = 180
-# The target for client-ip's added CPU per request, as a multiple of the job
+SIZE_TARGET_KIB = 256
+# The target for client-ip's added CPU per request, as a multiple of a
 # floor's.
-FLOOR_TARGET = 1.25
-XFF = "203.0.113.7"
+FLOOR_TARGET = 1.15
+# The target for the largest configuration's added CPU per request, as a
+# multiple of the default configuration's fed the same header.
+LARGEST_TARGET = 2.0
+CLIENT = "203.0.113.7"
+XFF = CLIENT
+# The peer every chain sees: the load generator on loopback.
+PEER = "127.0.0.1"
 
 # The same job in Lua: the socket's peer into X-Real-IP, appended to XFF.
 LUA_SAME_JOB = """
@@ -89,6 +109,28 @@ MODULE_FEATURES_CONFIG = json.dumps({
 })
 # The two per-request extras a user can opt into, each one host call.
 MODULE_OPT_INS_CONFIG = json.dumps({"publish_filter_state": True, "count_forged_headers": True})
+
+
+def spaced_slash24s(first_octet, count):
+    """`count` /24 networks under `first_octet`, none touching another, so
+    that a list of them merges into as many ranges as it has entries."""
+    return [f"{first_octet}.{16 + i // 128}.{(i % 128) * 2}.0/24" for i in range(count)]
+
+
+# The longest walk: MAX_FORWARDED_ENTRIES (32) X-Forwarded-For entries, every
+# one trusted but the leftmost, the client.
+XFF_CHAIN_HOPS = [f"172.16.{2 * k}.1" for k in range(31)]
+XFF_LONG = ", ".join([CLIENT, *XFF_CHAIN_HOPS])
+# The largest configuration: every address list at its cap (4096 entries),
+# none of whose entries merge. trusted_proxies holds the peer and the 31 hops;
+# allow_clients holds the client and deny_clients does not, so the request is
+# served. All IPv4, the family the lookups search.
+LIST_CAP = 4096
+MODULE_LARGEST_CONFIG = json.dumps({
+    "trusted_proxies": [PEER, *XFF_CHAIN_HOPS, *spaced_slash24s(10, LIST_CAP - 1 - len(XFF_CHAIN_HOPS))],
+    "allow_clients": ["203.0.113.0/24", *spaced_slash24s(11, LIST_CAP - 1)],
+    "deny_clients": spaced_slash24s(12, LIST_CAP),
+})
 FEATURE_FIELDS = ("trusted_identities", "trusted_proxies", "trusted_hops", "allow_clients", "deny_clients",
                   "client_ip_source", "access_dry_run", "publish_filter_state", "count_forged_headers")
 
@@ -108,11 +150,15 @@ PROBES = [
     ("probe_filter_state_write", "filter-state-write",
      "filter-state write (`proxy_set_property`, `wasm.bench_probe`, 11 bytes)"),
     ("probe_header_pairs", "header-pairs", "all request headers (`proxy_get_header_map_pairs`)"),
+    ("probe_peer_record_read", "peer-record-read",
+     "peer record read (`proxy_get_property`, `client_ip_peer`, the peer filter's filter state; "
+     "the chain runs the peer filter too)"),
 ]
 EXTRA_ENTRY = ("probe_extra_entry", "one more VM entry (`proxy_on_response_headers`, empty)")
 WASM_CHAINS = {
     "empty_wasm": ("empty", None),
     "job_floor": ("job_floor", None),
+    "bare_floor": ("job_floor", "bare"),
     **{chain: ("probe", op) for chain, op, _ in PROBES},
     EXTRA_ENTRY[0]: ("extra_entry", None),
 }
@@ -122,7 +168,8 @@ CHAINS = [
     ("native", "Envoy-native use_remote_address: true"),
     ("lua", "Envoy Lua filter doing the same job"),
     ("empty_wasm", "empty Wasm HTTP filter (Envoy's Wasm floor)"),
-    ("job_floor", "job floor: the job's host calls alone"),
+    ("bare_floor", "bare floor: the job's four host calls, parsing nothing"),
+    ("job_floor", "job floor: the job's four host calls, parsing the peer"),
     *[(chain, f"probe: {label.split(' (')[0]}") for chain, _, label in PROBES],
     (EXTRA_ENTRY[0], "probe: one more VM entry"),
     ("module", "client-ip, both roots (documented deployment)"),
@@ -130,16 +177,44 @@ CHAINS = [
     ("module_opt_ins", "client-ip, both roots, filter state and forged-header count on"),
     ("http_root", "client-ip, HTTP root alone"),
     ("http_root_quiet", "client-ip, HTTP root alone, writing no header"),
+    ("none_xff32", "no filter, 32-entry X-Forwarded-For"),
+    ("module_xff32", "client-ip, both roots, default configuration, 32-entry X-Forwarded-For"),
+    ("module_largest", "client-ip, both roots, largest configuration, 32-entry walk"),
     *([("module_compare", os.environ.get("BENCH_COMPARE_LABEL")
                           or f"client-ip, both roots, from {pathlib.Path(COMPARE_MODULE).name}")]
       if COMPARE_MODULE else []),
 ]
 LABELS = dict(CHAINS)
 CLIENT_IP_CHAINS = ("module", "module_features", "module_opt_ins", "http_root", "http_root_quiet",
-                    *(("module_compare",) if COMPARE_MODULE else ()))
-# Chains doing the job, whose added cost is shown as a multiple of the floor's.
-JOB_CHAINS = ("lua", "job_floor", *CLIENT_IP_CHAINS)
+                    *(("module_compare",) if COMPARE_MODULE else ()), "module_xff32", "module_largest")
+# client-ip chains that run the peer filter (the network root) too.
+BOTH_ROOTS_CHAINS = ("module", "module_features", "module_opt_ins", "module_compare", "module_xff32",
+                     "module_largest")
+# Chains whose load generator sends the 32-entry X-Forwarded-For; their added
+# cost is over none_xff32, which runs whenever one of them does.
+LONG_XFF_CHAINS = ("none_xff32", "module_xff32", "module_largest")
+FLOORS = ("bare_floor", "job_floor")
+# Chains doing the job with the short header, whose added cost is shown as a
+# multiple of each floor's.
+JOB_CHAINS = ("lua", *FLOORS, *(c for c in CLIENT_IP_CHAINS if c not in LONG_XFF_CHAINS))
+# What the upstream receives from each chain doing the job: the client
+# header, and X-Forwarded-For. On these listeners Envoy's `source.address` is
+# X-Forwarded-For's rightmost entry with port 0 (see the job floor), so that
+# is what the floors write.
+EXPECTED = {
+    "lua": (PEER, f"{XFF},{PEER}"),
+    "bare_floor": (f"{XFF}:0", f"{XFF},{XFF}:0"),
+    "job_floor": (XFF, f"{XFF},{XFF}"),
+    **{chain: (PEER, f"{XFF},{PEER}") for chain in ("module", "module_features", "module_opt_ins",
+                                                    "module_compare")},
+    # The HTTP root alone cannot know the peer here: the client is unknown.
+    "http_root": (None, XFF),
+    "http_root_quiet": (None, XFF),
+    "module_xff32": (PEER, f"{XFF_LONG},{PEER}"),
+    "module_largest": (CLIENT, f"{XFF_LONG},{PEER}"),
+}
 
+CHECK_HEADER = "x-bench-check"
 WRK_CONNECTIONS = 16
 H2_CONNECTIONS, H2_STREAMS = 4, 32
 WORKLOADS = [
@@ -192,12 +267,16 @@ def chain_listener(chain, port, compiled):
             "module_features": MODULE_FEATURES_CONFIG,
             "module_opt_ins": MODULE_OPT_INS_CONFIG,
             "module_compare": MODULE_DEFAULT_CONFIG,
+            "module_xff32": MODULE_DEFAULT_CONFIG,
+            "module_largest": MODULE_LARGEST_CONFIG,
         }[chain]
         # The client-ip chains share one VM, as the roots of one module do;
         # the other build gets its own.
         module, vm_id = (COMPARE_MODULE, "client_ip_compare") if chain == "module_compare" else (MODULE, "client_ip")
         http_filters.append(wasm_http_filter(wasm_config(chain, "client_ip", vm_id, module, plugin_config)))
-    if chain in ("module", "module_features", "module_opt_ins", "module_compare"):
+    if chain in BOTH_ROOTS_CHAINS or chain == "probe_peer_record_read":
+        # The probe reads the record this filter writes.
+        module, vm_id = (COMPARE_MODULE, "client_ip_compare") if chain == "module_compare" else (MODULE, "client_ip")
         network_filters.append({"name": "envoy.filters.network.wasm", "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.network.wasm.v3.Wasm",
             "config": wasm_config(f"{chain}_peer", "client_ip_peer", vm_id, module)}})
@@ -235,6 +314,12 @@ def upstream_config(admin_port, port):
                 "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
                 "stat_prefix": "direct",
                 "route_config": {"virtual_hosts": [{"name": "d", "domains": ["*"], "routes": [
+                    # The check before the runs: what a chain forwarded, echoed.
+                    {"match": {"prefix": "/", "headers": [{"name": CHECK_HEADER, "present_match": True}]},
+                     "direct_response": {"status": 200, "body": {"inline_string": "ok"}},
+                     "response_headers_to_add": [
+                         {"header": {"key": f"echo-{name}", "value": f"%REQ({name})%"}}
+                         for name in ("x-real-ip", "x-forwarded-for")]},
                     {"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": "ok"}}}]}]},
                 "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
                     "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}}]}]}]}}
@@ -319,17 +404,22 @@ def to_ms(value, unit):
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def wrk_command(seconds, close):
-    return (["wrk", "-t1", f"-c{WRK_CONNECTIONS}", f"-d{seconds}s", "--latency", "-H", f"X-Forwarded-For: {XFF}"]
+def chain_xff(chain):
+    """The X-Forwarded-For the load generator sends to the chain."""
+    return XFF_LONG if chain in LONG_XFF_CHAINS else XFF
+
+
+def wrk_command(seconds, close, xff=XFF):
+    return (["wrk", "-t1", f"-c{WRK_CONNECTIONS}", f"-d{seconds}s", "--latency", "-H", f"X-Forwarded-For: {xff}"]
             + (["-H", "Connection: close"] if close else []))
 
 
-def h2load_command(seconds):
-    return ["h2load", "-t1", f"-c{H2_CONNECTIONS}", f"-m{H2_STREAMS}", f"-D{seconds}", "-H", f"x-forwarded-for: {XFF}"]
+def h2load_command(seconds, xff=XFF):
+    return ["h2load", "-t1", f"-c{H2_CONNECTIONS}", f"-m{H2_STREAMS}", f"-D{seconds}", "-H", f"x-forwarded-for: {xff}"]
 
 
-def run_wrk(port, seconds, close):
-    command = wrk_command(seconds, close) + [f"http://127.0.0.1:{port}/"]
+def run_wrk(port, seconds, close, xff):
+    command = wrk_command(seconds, close, xff) + [f"http://127.0.0.1:{port}/"]
     out = run_load(command, seconds)
     match = re.search(r"(\d+) requests in", out)
     requests = int(match.group(1)) if match else 0
@@ -342,8 +432,8 @@ def run_wrk(port, seconds, close):
     return {"requests": requests, "rps": rps, "p50": latency["50"], "p99": latency["99"]}
 
 
-def run_h2load(port, seconds, log_path):
-    command = h2load_command(seconds) + ["--log-file", str(log_path), f"http://127.0.0.1:{port}/"]
+def run_h2load(port, seconds, log_path, xff):
+    command = h2load_command(seconds, xff) + ["--log-file", str(log_path), f"http://127.0.0.1:{port}/"]
     try:
         out = run_load(command, seconds)
         counts = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, "
@@ -377,14 +467,31 @@ def run_load(command, seconds):
     return result.stdout
 
 
-def measure(workload, port, seconds, pid, workdir):
+def measure(workload, port, seconds, pid, workdir, xff):
     before = cpu_ns(pid)
     if workload == "http2":
-        sample = run_h2load(port, seconds, workdir / "h2load.log")
+        sample = run_h2load(port, seconds, workdir / "h2load.log", xff)
     else:
-        sample = run_wrk(port, seconds, close=workload == "new-connection")
+        sample = run_wrk(port, seconds, workload == "new-connection", xff)
     sample["cpu_us"] = (cpu_ns(pid) - before) / 1000 / sample["requests"]
     return sample
+
+
+def check_chain(chain, port):
+    """One request through the chain: the upstream must have received the
+    client header and X-Forwarded-For the chain is meant to forward."""
+    if chain not in EXPECTED:
+        return
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/", headers={
+        "X-Forwarded-For": chain_xff(chain), CHECK_HEADER: "1"})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            seen = tuple(response.headers.get(f"echo-{name}") or None for name in ("x-real-ip", "x-forwarded-for"))
+    except OSError as error:
+        raise BenchError(f"chain {chain}: the check request failed: {error}")
+    if seen != EXPECTED[chain]:
+        raise BenchError(f"chain {chain}: the upstream received x-real-ip, X-Forwarded-For {seen}, "
+                         f"expected {EXPECTED[chain]}")
 
 
 def vm_memory_bytes(admin_port):
@@ -437,6 +544,12 @@ def main():
     signal.signal(signal.SIGTERM, on_sigterm)
     try:
         chains = select([c for c, _ in CHAINS], split_list(args.chains), "chain")
+        # The largest configuration is read against the default one fed the
+        # same header, and both against no filter fed it.
+        if "module_largest" in chains and "module_xff32" not in chains:
+            chains.insert(chains.index("module_largest"), "module_xff32")
+        if any(c in LONG_XFF_CHAINS for c in chains) and "none_xff32" not in chains:
+            chains.insert(0, "none_xff32")
         if "none" not in chains:
             chains.insert(0, "none")
         workloads = select([w for w, _ in WORKLOADS], split_list(args.workloads), "workload")
@@ -462,20 +575,23 @@ def run(args, chains, workloads):
         under_test = processes.start_envoy(under_test_config(admin, ports, upstream_port, compiled), "under_test")
         wait_ready(upstream_admin, upstream, "upstream")
         wait_ready(admin, under_test, "under-test")
+        for chain in chains:
+            check_chain(chain, ports[chain])
 
         # samples[workload][chain][round]
         samples = {w: {c: [] for c in chains} for w in workloads}
         for workload in workloads:
             for chain in chains:  # warm-up, not recorded
                 try:
-                    measure(workload, ports[chain], 1, under_test.pid, workdir)
+                    measure(workload, ports[chain], 1, under_test.pid, workdir, chain_xff(chain))
                 except BenchError as error:
                     raise BenchError(f"chain {chain}, {workload} (warm-up): {error}")
             for round_ in range(args.rounds):
                 order = chains[round_ % len(chains):] + chains[:round_ % len(chains)]
                 for chain in order:
                     try:
-                        sample = measure(workload, ports[chain], args.seconds, under_test.pid, workdir)
+                        sample = measure(workload, ports[chain], args.seconds, under_test.pid, workdir,
+                                         chain_xff(chain))
                     except BenchError as error:
                         raise BenchError(f"chain {chain}, {workload}, round {round_ + 1}: {error}")
                     samples[workload][chain].append(sample)
@@ -498,10 +614,30 @@ def run(args, chains, workloads):
     return results, rounds, memory
 
 
-def floor_multiples(rounds, workload, chain):
-    """The chain's added CPU over the job floor's, round by round."""
-    base, floor, own = (rounds[workload][c] for c in ("none", "job_floor", chain))
-    return [(o - b) / (f - b) for b, f, o in zip(base, floor, own) if f - b > 0]
+def baseline(chain):
+    """The no-filter chain fed the same X-Forwarded-For."""
+    return "none_xff32" if chain in LONG_XFF_CHAINS and chain != "none_xff32" else "none"
+
+
+def round_multiples(rounds, workload, chain, reference):
+    """The chain's added CPU over the reference chain's, round by round, each
+    over the no-filter run of its own header in the same round."""
+    by = rounds[workload]
+    return [(o - ob) / (r - rb)
+            for ob, rb, r, o in zip(by[baseline(chain)], by[baseline(reference)], by[reference], by[chain])
+            if r - rb > 0]
+
+
+def multiple_cell(results_added, rounds, workload, chain, reference, target):
+    """`1.10× (0.92–1.33), met`: the medians' ratio, the rounds' spread, the
+    verdict against the target."""
+    divisor = results_added[workload][reference]
+    if divisor <= 0:
+        return "n/a (divisor ≤ 0)"
+    multiple = results_added[workload][chain] / divisor
+    per_round = round_multiples(rounds, workload, chain, reference)
+    spread = f" ({min(per_round):.2f}–{max(per_round):.2f})" if len(per_round) > 1 else ""
+    return f"{multiple:.2f}×{spread}, {'met' if multiple <= target else 'missed'}"
 
 
 def svg_chart(chains, workloads, results, path):
@@ -519,7 +655,7 @@ def svg_chart(chains, workloads, results, path):
         for chain in chains:
             value = results[workload][chain]["cpu_us"]
             length = (width - left - 60) * value / top
-            colour = ("#2a7ab0" if chain in CLIENT_IP_CHAINS else "#d08a1e" if chain == "job_floor"
+            colour = ("#2a7ab0" if chain in CLIENT_IP_CHAINS else "#d08a1e" if chain in FLOORS
                       else "#c3ccd4" if chain.startswith("probe_") else "#8c98a4")
             lines.append(f'<text x="10" y="{y + 12}">{LABELS[chain]}</text>')
             lines.append(f'<rect x="{left}" y="{y}" width="{length:.1f}" height="{bar}" fill="{colour}"/>')
@@ -535,8 +671,9 @@ def write_report(args, chains, workloads, results, rounds, memory):
     svg_chart(chains, workloads, results, chart)
     cpu_model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
     envoy_version = subprocess.run([ENVOY, "--version"], capture_output=True, text=True).stdout.strip().split("version:")[-1].strip()
-    added = {w: {c: results[w][c]["cpu_us"] - results[w]["none"]["cpu_us"] for c in chains} for w in workloads}
-    has_floor = "job_floor" in chains
+    added = {w: {c: results[w][c]["cpu_us"] - results[w][baseline(c)]["cpu_us"] for c in chains} for w in workloads}
+    floors = [f for f in FLOORS if f in chains]
+    floor_names = {"bare_floor": "bare floor", "job_floor": "job floor"}
     has_empty = "empty_wasm" in chains
 
     def loads(seconds):
@@ -555,14 +692,19 @@ def write_report(args, chains, workloads, results, rounds, memory):
         "chains alternating round by round; medians shown",
         "- Upstream: a second Envoy answering with `direct_response`",
         "- CPU: the Envoy under test only, from `/proc/<pid>/task/*/schedstat`, divided by the requests served; "
-        "*added* is over the no-filter chain in the same workload",
+        "*added* is over the no-filter chain fed the same X-Forwarded-For in the same workload",
+        "- Check: before the runs, one request through each chain doing the job, against an upstream route that "
+        "echoes what it received; a chain that forwards another client header or X-Forwarded-For than the path it "
+        "claims to measure stops the bench",
         "- Empty Wasm HTTP filter: `envoy-test/empty-filter.wat`, the HTTP root's three per-stream callbacks doing "
         "nothing: what Envoy charges any proxy-wasm filter",
-        "- Job floor: `envoy-test/job-floor.wat`, no SDK: per request it reads `source.address` and "
-        "`X-Forwarded-For`, replaces `x-real-ip` with the address (port dropped) and `X-Forwarded-For` with the "
-        "received value, a comma and the address. Those four host calls are what the job cannot avoid. On these "
-        "listeners Envoy's `source.address` is the rightmost `X-Forwarded-For` entry (the reason client-ip has a "
-        "network root), so here it writes that address; the calls, and what they cost, are the same",
+        "- Floors: `envoy-test/job-floor.wat`, no SDK: per request it reads `source.address` and "
+        "`X-Forwarded-For`, replaces `x-real-ip` with the address and `X-Forwarded-For` with the received value, "
+        "a comma and the address. Those four host calls are what the job cannot avoid. The *job floor* drops the "
+        "port and strips IPv6 brackets, as the job needs; the *bare floor* (plugin configuration `bare`) writes "
+        "the property's bytes as they are and parses nothing, the stricter yardstick. On these listeners Envoy's "
+        "`source.address` is the rightmost `X-Forwarded-For` entry with port 0 (the reason client-ip has a "
+        "network root), so here they write that address; the calls, and what they cost, are the same",
         "- Probes: `envoy-test/host-call-probe.wat`, the empty filter making one host call per request, chosen by "
         "its plugin configuration, and `envoy-test/extra-entry-filter.wat`, the empty filter with one more callback",
         "- client-ip: the default chains configure nothing (`{}`), so every optional feature is off; the "
@@ -573,6 +715,14 @@ def write_report(args, chains, workloads, results, rounds, memory):
         "- client-ip, HTTP root alone: without the network root's record, and with `X-Forwarded-For` present, the "
         "peer cannot be known on these listeners (Envoy's `source.address` is the header's entry, port 0), so these "
         "chains measure that path: the client is unknown and `x-real-ip` is removed, not written",
+        f"- Largest configuration: the load generator sends a 32-entry `X-Forwarded-For` (`{CLIENT}` then 31 "
+        f"hops, `{XFF_CHAIN_HOPS[0]}` to `{XFF_CHAIN_HOPS[-1]}`), the most the walk looks at; `trusted_proxies` holds "
+        f"{LIST_CAP} entries (the peer `{PEER}`, the 31 hops and /24s none of which touch), `allow_clients` "
+        f"{LIST_CAP} (`203.0.113.0/24` among them) and `deny_clients` {LIST_CAP}, each at its cap and merging into "
+        "as many ranges as it has entries, all IPv4. Per request the walk passes the 31 hops and stops at "
+        f"`{CLIENT}`, which the allow list admits. It is compared with the default configuration fed the same "
+        "header (the peer untrusted, nothing walked, the long header read and appended to), both over a no-filter "
+        "chain fed that header",
     ]
     if len(chains) < len(CHAINS) or len(workloads) < len(WORKLOADS):
         lines.append(f"- Partial run: chains {', '.join(chains)}; workloads {', '.join(workloads)}")
@@ -581,41 +731,52 @@ def write_report(args, chains, workloads, results, rounds, memory):
     for workload in workloads:
         base = results[workload]["none"]
         lines += [f"## {WORKLOAD_TITLES[workload]}", "",
-                  "| chain | req/s | vs no filter | p50 ms | p99 ms | Envoy CPU µs/req | added µs/req | × job floor |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
-        floor_added = added[workload].get("job_floor")
+                  "| chain | req/s | vs no filter | p50 ms | p99 ms | Envoy CPU µs/req | added µs/req |"
+                  + "".join(f" × {floor_names[f]} |" for f in floors),
+                  "|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(floors)]
         for chain in chains:
             r = results[workload][chain]
-            multiple = ""
-            if chain in JOB_CHAINS and has_floor and floor_added > 0:
-                multiple = f"{added[workload][chain] / floor_added:.2f}×"
+            multiples = "".join(
+                f" {added[workload][chain] / added[workload][floor]:.2f}× |"
+                if chain in JOB_CHAINS and added[workload][floor] > 0 else " |" for floor in floors)
             lines.append(f"| {LABELS[chain]} | {r['rps']:.0f} | {r['rps'] / base['rps']:.3f}x | {r['p50']:.3f} | "
-                         f"{r['p99']:.3f} | {r['cpu_us']:.1f} | {added[workload][chain]:+.1f} | {multiple} |")
+                         f"{r['p99']:.3f} | {r['cpu_us']:.1f} | {added[workload][chain]:+.1f} |{multiples}")
         lines.append("")
 
-    module_chains = [c for c in CLIENT_IP_CHAINS if c in chains]
-    if has_floor and module_chains:
-        lines += ["## Against the job floor", "",
-                  f"client-ip's added CPU per request as a multiple of the job floor's (target: at most "
-                  f"{FLOOR_TARGET:.2f}×). In brackets, the lowest and highest over the rounds, each round's chains "
-                  "against that round's floor and no-filter runs.", "",
-                  "| chain | " + " | ".join(WORKLOAD_TITLES[w] for w in workloads) + " |",
-                  "|---|" + "---:|" * len(workloads)]
+    module_chains = [c for c in CLIENT_IP_CHAINS if c in chains and c in JOB_CHAINS]
+    if floors and module_chains:
+        lines += ["## Against the floors", "",
+                  f"client-ip's added CPU per request as a multiple of each floor's (target: at most "
+                  f"{FLOOR_TARGET:.2f}× the job floor; the bare floor, which parses nothing, is the stricter check). "
+                  "In brackets, the lowest and highest over the rounds, each round's chains against that round's "
+                  "floor and no-filter runs.", "",
+                  "| chain | floor | " + " | ".join(WORKLOAD_TITLES[w] for w in workloads) + " |",
+                  "|---|---|" + "---:|" * len(workloads)]
         for chain in module_chains:
-            cells = []
-            for workload in workloads:
-                floor_added = added[workload]["job_floor"]
-                if floor_added <= 0:
-                    cells.append("n/a (floor ≤ 0)")
-                    continue
-                multiple = added[workload][chain] / floor_added
-                per_round = floor_multiples(rounds, workload, chain)
-                spread = f" ({min(per_round):.2f}–{max(per_round):.2f})" if len(per_round) > 1 else ""
-                verdict = "met" if multiple <= FLOOR_TARGET else "missed"
-                cells.append(f"{multiple:.2f}×{spread}, {verdict}")
-            lines.append(f"| {LABELS[chain]} | " + " | ".join(cells) + " |")
-        lines += ["| *the job floor's added µs/req, the divisor* | "
-                  + " | ".join(f"{added[w]['job_floor']:+.1f}" for w in workloads) + " |", ""]
+            for floor in floors:
+                cells = [multiple_cell(added, rounds, w, chain, floor, FLOOR_TARGET) for w in workloads]
+                lines.append(f"| {LABELS[chain]} | {floor_names[floor]} | " + " | ".join(cells) + " |")
+        for floor in floors:
+            lines.append(f"| *the {floor_names[floor]}'s added µs/req, the divisor* | | "
+                         + " | ".join(f"{added[w][floor]:+.1f}" for w in workloads) + " |")
+        lines.append("")
+
+    if "module_largest" in chains and "module_xff32" in chains:
+        lines += ["## The largest configuration", "",
+                  "client-ip's added CPU per request with every address list at its cap and the longest walk, "
+                  "against its default configuration fed the same 32-entry `X-Forwarded-For` (target: at most "
+                  f"{LARGEST_TARGET:.0f}×), both over the no-filter chain fed that header. In brackets, the lowest "
+                  "and highest over the rounds.", "",
+                  "| | " + " | ".join(WORKLOAD_TITLES[w] for w in workloads) + " |",
+                  "|---|" + "---:|" * len(workloads)]
+        for chain in ("none_xff32", "module_xff32", "module_largest"):
+            what = "over no filter with the one-entry header" if chain == "none_xff32" else "added µs/req"
+            lines.append(f"| {LABELS[chain]}, {what} | "
+                         + " | ".join(f"{added[w][chain]:+.1f}" for w in workloads) + " |")
+        lines.append("| largest ÷ default | " + " | ".join(
+            multiple_cell(added, rounds, w, "module_largest", "module_xff32", LARGEST_TARGET)
+            for w in workloads) + " |")
+        lines.append("")
 
     if has_empty:
         lines += ["## What each host call costs", "",
@@ -634,9 +795,9 @@ def write_report(args, chains, workloads, results, rounds, memory):
             lines.append("| the job's calls added up: property read + header read + 2 × header replace | "
                          + " | ".join(f"{over_empty[w][parts[0]] + over_empty[w][parts[1]] + 2 * over_empty[w][parts[2]]:+.2f}"
                                       for w in workloads) + " |")
-        if has_floor:
-            lines.append("| the job floor, over the empty filter | "
-                         + " | ".join(f"{over_empty[w]['job_floor']:+.2f}" for w in workloads) + " |")
+        for floor in floors:
+            lines.append(f"| the {floor_names[floor]}, over the empty filter | "
+                         + " | ".join(f"{over_empty[w][floor]:+.2f}" for w in workloads) + " |")
         lines.append("")
 
     size = MODULE.stat().st_size

@@ -13,6 +13,9 @@
 ;;   filter-state-write   proxy_set_property: `bench_probe` (Envoy's filter
 ;;                        state `wasm.bench_probe`), an address as the value
 ;;   header-pairs         proxy_get_header_map_pairs: every request header
+;;   peer-record-read     proxy_get_property: `client_ip_peer`, the filter
+;;                        state client-ip's peer filter writes when the
+;;                        connection opens (the chain runs that filter too)
 ;;
 ;; An empty configuration makes no call, like the empty filter.
 (module
@@ -45,11 +48,13 @@
   (data (i32.const 176) "property-read")
   (data (i32.const 192) "filter-state-write")
   (data (i32.const 224) "header-pairs")
+  (data (i32.const 240) "peer-record-read")
+  (data (i32.const 256) "client_ip_peer")
 
   ;; Request headers and the plugin configuration, in the proxy-wasm ABI.
   (global $REQUEST_HEADERS i32 (i32.const 0))
   (global $PLUGIN_CONFIGURATION i32 (i32.const 7))
-  ;; 0: no call; 1 to 6: the operations above, in order.
+  ;; 0: no call; 1 to 7: the operations above, in order.
   (global $op (mut i32) (i32.const 0))
 
   (func (export "proxy_abi_version_0_2_1"))
@@ -93,6 +98,8 @@
       (then (global.set $op (i32.const 5)) (return (i32.const 1))))
     (if (call $is (local.get $at) (local.get $len) (i32.const 224) (i32.const 12))
       (then (global.set $op (i32.const 6)) (return (i32.const 1))))
+    (if (call $is (local.get $at) (local.get $len) (i32.const 240) (i32.const 16))
+      (then (global.set $op (i32.const 7)) (return (i32.const 1))))
     ;; Unknown: refuse the configuration.
     (i32.const 0))
 
@@ -100,27 +107,30 @@
 
   (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
     (block $done
-      (block $pairs
-        (block $state
-          (block $property
-            (block $remove
-              (block $replace
-                (block $read
-                  (br_table $done $read $replace $remove $property $state $pairs $done
-                    (global.get $op)))
-                (drop (call $get_header (global.get $REQUEST_HEADERS)
-                  (i32.const 32) (i32.const 15) (i32.const 0) (i32.const 4)))
+      (block $record
+        (block $pairs
+          (block $state
+            (block $property
+              (block $remove
+                (block $replace
+                  (block $read
+                    (br_table $done $read $replace $remove $property $state $pairs $record $done
+                      (global.get $op)))
+                  (drop (call $get_header (global.get $REQUEST_HEADERS)
+                    (i32.const 32) (i32.const 15) (i32.const 0) (i32.const 4)))
+                  (br $done))
+                (drop (call $replace_header (global.get $REQUEST_HEADERS)
+                  (i32.const 48) (i32.const 9) (i32.const 80) (i32.const 11)))
                 (br $done))
-              (drop (call $replace_header (global.get $REQUEST_HEADERS)
-                (i32.const 48) (i32.const 9) (i32.const 80) (i32.const 11)))
+              (drop (call $remove_header (global.get $REQUEST_HEADERS) (i32.const 48) (i32.const 9)))
               (br $done))
-            (drop (call $remove_header (global.get $REQUEST_HEADERS) (i32.const 48) (i32.const 9)))
+            (drop (call $get_property (i32.const 16) (i32.const 14) (i32.const 0) (i32.const 4)))
             (br $done))
-          (drop (call $get_property (i32.const 16) (i32.const 14) (i32.const 0) (i32.const 4)))
+          (drop (call $set_property (i32.const 64) (i32.const 11) (i32.const 80) (i32.const 11)))
           (br $done))
-        (drop (call $set_property (i32.const 64) (i32.const 11) (i32.const 80) (i32.const 11)))
+        (drop (call $get_header_pairs (global.get $REQUEST_HEADERS) (i32.const 0) (i32.const 4)))
         (br $done))
-      (drop (call $get_header_pairs (global.get $REQUEST_HEADERS) (i32.const 0) (i32.const 4))))
+      (drop (call $get_property (i32.const 256) (i32.const 14) (i32.const 0) (i32.const 4))))
     ;; 0: Continue.
     (i32.const 0))
 

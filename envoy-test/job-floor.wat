@@ -1,11 +1,19 @@
-;; The job floor, for `make bench`: client-ip's job done with nothing but the
-;; host calls it cannot avoid, no SDK, no configuration, no counters. Per
-;; request it reads the peer (`source.address`) and `X-Forwarded-For`,
-;; replaces `x-real-ip` with the peer's address (the port dropped, IPv6
-;; brackets stripped) and replaces `X-Forwarded-For` with the received value,
+;; The job floors, for `make bench`: client-ip's job done with nothing but the
+;; host calls it cannot avoid, no SDK, no counters. Per request it reads the
+;; peer (`source.address`) and `X-Forwarded-For`, replaces `x-real-ip` with
+;; the peer's address and replaces `X-Forwarded-For` with the received value,
 ;; a comma and the peer (or the peer alone when none was received). It
 ;; trusts nothing it receives and resolves nothing: whatever a filter doing
 ;; this job costs on top of that is the price of its own code.
+;;
+;; The plugin configuration picks how much of the peer it reads:
+;;
+;;   (empty)   the parsing floor: the port dropped, IPv6 brackets stripped,
+;;             as the job needs
+;;   bare      the bare floor: the property's bytes written as they are
+;;             (`ip:port`), the four host calls and nothing else
+;;
+;; Anything else fails the configuration.
 ;;
 ;; It exports the same callbacks as client-ip's HTTP root, less the ones for
 ;; ticks and connections.
@@ -18,6 +26,8 @@
     (func $replace_header (param i32 i32 i32 i32 i32) (result i32)))
   (import "env" "proxy_remove_header_map_value"
     (func $remove_header (param i32 i32 i32) (result i32)))
+  (import "env" "proxy_get_buffer_bytes"
+    (func $get_buffer_bytes (param i32 i32 i32 i32 i32) (result i32)))
   (memory (export "memory") 2)
 
   ;; 0..7: where the host writes a property's address and size; 8..15: the
@@ -25,9 +35,13 @@
   (data (i32.const 16) "source\00address")
   (data (i32.const 32) "x-real-ip")
   (data (i32.const 48) "x-forwarded-for")
+  (data (i32.const 64) "bare")
 
-  ;; Request headers, in the proxy-wasm ABI.
+  ;; Request headers and the plugin configuration, in the proxy-wasm ABI.
   (global $REQUEST_HEADERS i32 (i32.const 0))
+  (global $PLUGIN_CONFIGURATION i32 (i32.const 7))
+  ;; 1: the bare floor, the peer written as the host reported it.
+  (global $bare (mut i32) (i32.const 0))
   ;; Host values are bump-allocated from here, and the heap is emptied when
   ;; each request starts: nothing outlives the callback that read it.
   (global $HEAP_START i32 (i32.const 1024))
@@ -61,7 +75,21 @@
     (local.get $at))
 
   (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
-  (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_configure") (param $root i32) (param $config_size i32) (result i32)
+    (local $at i32)
+    (global.set $bare (i32.const 0))
+    (if (i32.eqz (local.get $config_size)) (then (return (i32.const 1))))
+    ;; Only "bare" is known: four bytes.
+    (if (i32.ne (local.get $config_size) (i32.const 4)) (then (return (i32.const 0))))
+    (global.set $heap (global.get $HEAP_START))
+    (if (call $get_buffer_bytes (global.get $PLUGIN_CONFIGURATION)
+          (i32.const 0) (local.get $config_size) (i32.const 0) (i32.const 4))
+      (then (return (i32.const 0))))
+    (local.set $at (i32.load (i32.const 0)))
+    (if (i32.ne (i32.load (local.get $at)) (i32.load (i32.const 64)))
+      (then (return (i32.const 0))))
+    (global.set $bare (i32.const 1))
+    (i32.const 1))
   (func (export "proxy_on_context_create") (param i32 i32))
 
   (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
@@ -84,27 +112,32 @@
     (local.set $source_len (i32.load (i32.const 4)))
     (local.set $peer (local.get $source))
     (local.set $peer_len (local.get $source_len))
-    ;; Drop the port: everything from the last ':'.
-    (local.set $i (local.get $source_len))
-    (block $no_port
-      (loop $scan
-        (br_if $no_port (i32.eqz (local.get $i)))
-        (local.set $i (i32.sub (local.get $i) (i32.const 1)))
-        (br_if $scan
-          (i32.ne (i32.load8_u (i32.add (local.get $source) (local.get $i))) (i32.const 58))))
-      (local.set $peer_len (local.get $i)))
-    ;; Strip the brackets of "[v6]".
-    (if (i32.and
-          (i32.ge_u (local.get $peer_len) (i32.const 2))
-          (i32.and
-            (i32.eq (i32.load8_u (local.get $peer)) (i32.const 91))
-            (i32.eq
-              (i32.load8_u (i32.sub (i32.add (local.get $peer) (local.get $peer_len)) (i32.const 1)))
-              (i32.const 93))))
-      (then
-        (local.set $peer (i32.add (local.get $peer) (i32.const 1)))
-        (local.set $peer_len (i32.sub (local.get $peer_len) (i32.const 2)))))
-    (if (i32.gt_u (local.get $peer_len) (i32.const 45))
+    (block $parsed
+      ;; The bare floor parses nothing.
+      (br_if $parsed (global.get $bare))
+      ;; Drop the port: everything from the last ':'.
+      (local.set $i (local.get $source_len))
+      (block $no_port
+        (loop $scan
+          (br_if $no_port (i32.eqz (local.get $i)))
+          (local.set $i (i32.sub (local.get $i) (i32.const 1)))
+          (br_if $scan
+            (i32.ne (i32.load8_u (i32.add (local.get $source) (local.get $i))) (i32.const 58))))
+        (local.set $peer_len (local.get $i)))
+      ;; Strip the brackets of "[v6]".
+      (if (i32.and
+            (i32.ge_u (local.get $peer_len) (i32.const 2))
+            (i32.and
+              (i32.eq (i32.load8_u (local.get $peer)) (i32.const 91))
+              (i32.eq
+                (i32.load8_u (i32.sub (i32.add (local.get $peer) (local.get $peer_len)) (i32.const 1)))
+                (i32.const 93))))
+        (then
+          (local.set $peer (i32.add (local.get $peer) (i32.const 1)))
+          (local.set $peer_len (i32.sub (local.get $peer_len) (i32.const 2))))))
+    ;; Longer than the room left after X-Forwarded-For (a bracketless IPv6
+    ;; address is at most 45 bytes, with brackets and a port 53).
+    (if (i32.gt_u (local.get $peer_len) (i32.const 53))
       (then
         (drop (call $remove_header (global.get $REQUEST_HEADERS) (i32.const 32) (i32.const 9)))
         (return (i32.const 0))))
