@@ -57,7 +57,15 @@ pub fn forwarded_for_edit(
                 return HeaderEdit::Keep;
             };
             let received = received.map(<[u8]>::trim_ascii).unwrap_or_default();
-            let peer = IpText::new(peer);
+            // The client is most often the peer itself, already written out.
+            let written;
+            let peer = match client {
+                Some(client) if client.ip() == peer => client,
+                _ => {
+                    written = IpText::new(peer);
+                    &written
+                }
+            };
             let mut value = Vec::with_capacity(received.len() + 1 + peer.as_bytes().len());
             if !received.is_empty() {
                 value.extend_from_slice(received);
