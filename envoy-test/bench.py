@@ -152,8 +152,15 @@ PROBES = [
     ("probe_header_pairs", "header-pairs", "all request headers (`proxy_get_header_map_pairs`)"),
     ("probe_peer_record_read", "peer-record-read",
      "peer record read (`proxy_get_property`, `client_ip_peer`, the peer filter's filter state; "
-     "the chain runs the peer filter too)"),
+     "over the peer filter alone)"),
 ]
+# The peer filter (client-ip's network root) beside the empty filter, no
+# call: what the filter whose record the peer-record probe reads costs, and
+# the yardstick for that probe.
+PEER_FILTER_PROBE = ("probe_peer_filter", "the peer filter alone (client-ip's network root beside the empty filter; "
+                     "its per-connection record, no call per request)")
+# Probes that run the peer filter, measured over it.
+PEER_FILTER_CHAINS = (PEER_FILTER_PROBE[0], "probe_peer_record_read")
 EXTRA_ENTRY = ("probe_extra_entry", "one more VM entry (`proxy_on_response_headers`, empty)")
 WASM_CHAINS = {
     "empty_wasm": ("empty", None),
@@ -161,6 +168,7 @@ WASM_CHAINS = {
     "bare_floor": ("job_floor", "bare"),
     **{chain: ("probe", op) for chain, op, _ in PROBES},
     EXTRA_ENTRY[0]: ("extra_entry", None),
+    PEER_FILTER_PROBE[0]: ("probe", None),
 }
 
 CHAINS = [
@@ -172,6 +180,7 @@ CHAINS = [
     ("job_floor", "job floor: the job's four host calls, parsing the peer"),
     *[(chain, f"probe: {label.split(' (')[0]}") for chain, _, label in PROBES],
     (EXTRA_ENTRY[0], "probe: one more VM entry"),
+    (PEER_FILTER_PROBE[0], "probe: the peer filter alone"),
     ("module", "client-ip, both roots (documented deployment)"),
     ("module_features", "client-ip, both roots, newer features configured"),
     ("module_opt_ins", "client-ip, both roots, filter state and forged-header count on"),
@@ -274,7 +283,7 @@ def chain_listener(chain, port, compiled):
         # the other build gets its own.
         module, vm_id = (COMPARE_MODULE, "client_ip_compare") if chain == "module_compare" else (MODULE, "client_ip")
         http_filters.append(wasm_http_filter(wasm_config(chain, "client_ip", vm_id, module, plugin_config)))
-    if chain in BOTH_ROOTS_CHAINS or chain == "probe_peer_record_read":
+    if chain in BOTH_ROOTS_CHAINS or chain in PEER_FILTER_CHAINS:
         # The probe reads the record this filter writes.
         module, vm_id = (COMPARE_MODULE, "client_ip_compare") if chain == "module_compare" else (MODULE, "client_ip")
         network_filters.append({"name": "envoy.filters.network.wasm", "typed_config": {
@@ -548,6 +557,8 @@ def main():
         # same header, and both against no filter fed it.
         if "module_largest" in chains and "module_xff32" not in chains:
             chains.insert(chains.index("module_largest"), "module_xff32")
+        if "probe_peer_record_read" in chains and PEER_FILTER_PROBE[0] not in chains:
+            chains.insert(chains.index("probe_peer_record_read"), PEER_FILTER_PROBE[0])
         if any(c in LONG_XFF_CHAINS for c in chains) and "none_xff32" not in chains:
             chains.insert(0, "none_xff32")
         if "none" not in chains:
@@ -787,9 +798,14 @@ def write_report(args, chains, workloads, results, rounds, memory):
                   "| nothing: the empty filter, over no filter (context create, request headers, delete) | "
                   + " | ".join(f"{added[w]['empty_wasm']:+.2f}" for w in workloads) + " |"]
         over_empty = {w: {c: added[w][c] - added[w]["empty_wasm"] for c in chains} for w in workloads}
-        for chain, _, label in [*PROBES, (EXTRA_ENTRY[0], None, EXTRA_ENTRY[1])]:
-            if chain in chains:
-                lines.append(f"| {label} | " + " | ".join(f"{over_empty[w][chain]:+.2f}" for w in workloads) + " |")
+        for chain, _, label in [*PROBES, (EXTRA_ENTRY[0], None, EXTRA_ENTRY[1]), (*PEER_FILTER_PROBE[:1], None,
+                                                                                     PEER_FILTER_PROBE[1])]:
+            if chain not in chains:
+                continue
+            # The peer-record probe over the peer filter alone, which it runs too.
+            reference = PEER_FILTER_PROBE[0] if chain == "probe_peer_record_read" else "empty_wasm"
+            lines.append(f"| {label} | " + " | ".join(f"{added[w][chain] - added[w][reference]:+.2f}"
+                                                      for w in workloads) + " |")
         parts = ["probe_property_read", "probe_header_read", "probe_header_replace"]
         if all(p in chains for p in parts):
             lines.append("| the job's calls added up: property read + header read + 2 × header replace | "
