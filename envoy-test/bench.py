@@ -717,7 +717,9 @@ def write_report(args, chains, workloads, results, rounds, memory):
         "`source.address` is the rightmost `X-Forwarded-For` entry with port 0 (the reason client-ip has a "
         "network root), so here they write that address; the calls, and what they cost, are the same",
         "- Probes: `envoy-test/host-call-probe.wat`, the empty filter making one host call per request, chosen by "
-        "its plugin configuration, and `envoy-test/extra-entry-filter.wat`, the empty filter with one more callback",
+        "its plugin configuration, and `envoy-test/extra-entry-filter.wat`, the empty filter with one more callback; "
+        "the peer-record probe runs client-ip's peer filter beside it and is measured over a chain with that filter "
+        "and no call",
         "- client-ip: the default chains configure nothing (`{}`), so every optional feature is off; the "
         f"features chain configures `{MODULE_FEATURES_CONFIG}` (the peer, `127.0.0.1` in plaintext, is trusted by "
         "none of them, so per request this adds the read of its identity, absent in plaintext, and address lookups; "
