@@ -180,7 +180,7 @@ soak: $(MODULE) deps-venv
 
 # ---------------------------------------------------------------- bench
 # Not part of `make test`: timings belong here. Writes BENCHMARKS.md and
-# benchmarks.svg (about 25 minutes on 2 CPUs). BENCH_ROUNDS and BENCH_SECONDS
+# benchmarks.svg (about 27 minutes on 2 CPUs). BENCH_ROUNDS and BENCH_SECONDS
 # shorten or lengthen it; BENCH_CHAINS (names or patterns, see
 # `envoy-test/bench.py --list`) and BENCH_WORKLOADS (keep-alive,
 # new-connection, http2) run part of it; BENCH_OUT writes the report (and the

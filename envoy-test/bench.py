@@ -826,7 +826,9 @@ def write_report(args, chains, workloads, results, rounds, memory):
               f"{size} bytes ({size / 1024:.1f} KiB) after dropping unused exports and `wasm-opt -Oz` "
               f"(`build/plugin.wasm`); target at most {SIZE_TARGET_KIB} KiB: {verdict}",
               "- Wasm VM memory per worker: " + (f"{memory} bytes of linear memory" if memory is not None else "?")
-              + " (the `wasmcustom.client_ip.vm_memory_bytes` gauge) after the runs", ""]
+              + " (the `wasmcustom.client_ip.vm_memory_bytes` gauge) after the runs"
+              + (", the largest configuration's three lists loaded in the same VM as the other client-ip chains'"
+                 if "module_largest" in chains else ""), ""]
     # What the tables answered, and what was tried: kept by hand beside the
     # bench, from the runs that decided it.
     if FINDINGS.exists():
