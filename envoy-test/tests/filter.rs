@@ -443,7 +443,7 @@ fn client_ip_reaches_access_logs_through_filter_state() {
 #[test]
 fn many_connections_and_streams_keep_the_vm_alive() {
     // Both roots share one VM per worker: every connection makes a stream
-    // context of the network root and every request an HTTP context of the
+    // context of the peer filter and every request an HTTP context of the
     // other. A root that answered with the wrong context type would abort the
     // VM ("invalid context_id") and fail every later request.
     let envoy = Envoy::start(&[
