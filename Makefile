@@ -3,7 +3,7 @@
 #   make build   the release module at build/plugin.wasm
 #   make test    everything: lint, unit and property tests, wasm32 tests under
 #                Node, and the real-Envoy tests
-#   make run     the local mesh demo (see README)
+#   make run     the local mesh demo (docs/local-mesh.md walks through it)
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := build

@@ -269,7 +269,7 @@ pub fn http_filter(module: &Path, root_id: &str, plugin_json: &str) -> Value {
     })
 }
 
-/// Envoy's JSON access log with the fields the README explains.
+/// Envoy's JSON access log with the fields docs/local-mesh.md explains.
 pub fn access_log(path: &Path) -> Value {
     json!([{
         "name": "envoy.access_loggers.file",

@@ -380,7 +380,7 @@ fn trust_settings_on_a_sidecar_without_the_network_filter() {
 
 #[test]
 fn a_trusted_range_that_clients_send_from_lets_them_choose() {
-    // The operator's duty the README names: a client inside a trusted range
+    // The operator's duty docs/trust-model.md names: a client inside a trusted range
     // is believed like a proxy.
     let envoy = Envoy::start(&[Listener::sidecar(
         "too_broad",
