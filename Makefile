@@ -2,7 +2,7 @@
 #
 #   make build   the release module at build/plugin.wasm
 #   make test    everything: lint, unit and property tests, wasm32 tests under
-#                Node, and the real-Envoy tests
+#                Node, the real-Envoy tests, fuzzing, and the docs check
 #   make run     the local mesh demo (docs/local-mesh.md walks through it)
 
 SHELL := /bin/bash
@@ -46,7 +46,7 @@ APT_BENCH := nghttp2-client wabt wrk
 APT_PACKAGES = $(sort $(APT_BUILD) buildah $(APT_VENV) $(APT_TEST_WASM) $(APT_TEST_ENVOY) $(APT_RUN) $(APT_CERTS) $(APT_BENCH))
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: build image push bench fuzz soak run certs test test-fuzz test-unit test-wasm test-envoy test-manifests lint deps deps-apt deps-venv clean
+.PHONY: build image push bench fuzz soak run certs test test-fuzz test-unit test-wasm test-envoy test-manifests test-docs lint deps deps-apt deps-venv clean
 
 build: $(MODULE)
 
@@ -87,7 +87,7 @@ $(VENV)/.installed: envoy-test/requirements.txt
 	touch $@
 
 # ---------------------------------------------------------------- tests
-test: lint test-unit test-wasm test-envoy test-manifests test-fuzz
+test: lint test-unit test-wasm test-envoy test-manifests test-fuzz test-docs
 
 lint:
 	cargo fmt --all --check
@@ -136,6 +136,13 @@ $(ISTIO_SCHEMA_INSTALLED): $(ISTIO_SCHEMA)/package.json $(ISTIO_SCHEMA)/package-
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; }
 	npm ci --prefix $(ISTIO_SCHEMA) --ignore-scripts --no-audit --no-fund --loglevel=error
 	touch $@
+
+# Every shell block of README.md and docs/ run by a test or marked not-run,
+# every relative link and anchor resolving (envoy-test/check_docs.py, after
+# its own tests).
+test-docs:
+	python3 -B envoy-test/test_check_docs.py
+	python3 -B envoy-test/check_docs.py
 
 clean:
 	rm -rf build target $(VENV)

@@ -1,5 +1,8 @@
 //! The local mesh of `make run`, driven as a user drives it: `mesh.sh` on free
-//! ports, then the README's curl commands against real Envoy and httpbin.
+//! ports, then the walkthrough's curl commands against real Envoy and httpbin:
+//! asserted one by one with the access logs and counters behind them, and, in
+//! `docs_local_mesh_md_runs_as_shown`, every command of docs/local-mesh.md run
+//! as written, in order, printing what the doc shows.
 //!
 //! `mesh.sh` runs in a process group of its own, with the signal dispositions
 //! a terminal gives it (whoever started the tests may have ignored SIGINT, and
@@ -43,8 +46,11 @@ const PORT_VARS: [&str; 17] = [
 struct TempDir(PathBuf);
 
 impl TempDir {
+    /// One of its own, however many tests of this process make one.
     fn new(tag: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("client-ip-{tag}-{}", std::process::id()));
+        static MADE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("client-ip-{tag}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         TempDir(dir)
@@ -971,4 +977,189 @@ fn every_envoy_config_in_the_repo_validates() {
         "{}:\n{all}",
         lb.display()
     );
+}
+
+/// `make run`'s default ports, as docs/local-mesh.md writes them, and the
+/// variable that moves each (the top of envoy-test/mesh.sh).
+const DOC_PORTS: [(u16, &str); 17] = [
+    (8000, "APP_PORT"),
+    (8001, "APP2_PORT"),
+    (15006, "SIDECAR_MTLS_PORT"),
+    (10000, "SIDECAR_PORT"),
+    (20000, "SIDECAR_PLAIN_PORT"),
+    (15000, "SIDECAR_ADMIN_PORT"),
+    (15106, "SIDECAR2_MTLS_PORT"),
+    (15100, "SIDECAR2_ADMIN_PORT"),
+    (15001, "SLEEP_OUTBOUND_PORT"),
+    (15002, "SLEEP_ADMIN_PORT"),
+    (10080, "GATEWAY_HTTP_PORT"),
+    (10443, "GATEWAY_HTTPS_PORT"),
+    (10081, "GATEWAY_PROXY_PROTOCOL_PORT"),
+    (20080, "GATEWAY_PLAIN_HTTP_PORT"),
+    (20443, "GATEWAY_PLAIN_HTTPS_PORT"),
+    (15080, "GATEWAY_ADMIN_PORT"),
+    (8080, "LB_PORT"),
+];
+
+/// The walkthrough as the doc has it.
+const WALKTHROUGH: &str = "docs/local-mesh.md";
+/// The marker docs/local-mesh.md puts before each block this test runs; the
+/// docs check (envoy-test/check_docs.py) fails on a shell block that no test
+/// runs and that is not marked not-run.
+const RUN_BY: &str = "<!-- run-by: envoy-test/tests/mesh.rs -->";
+
+/// One command of the doc and what the doc shows it printing.
+struct DocStep {
+    line: usize,
+    command: String,
+    output: Vec<String>,
+}
+
+/// Every `$ ` command of the ```console blocks marked RUN_BY, in order.
+fn doc_steps(doc: &str) -> Vec<DocStep> {
+    let mut steps = Vec::new();
+    let mut lines = doc.lines().enumerate();
+    while let Some((_, line)) = lines.next() {
+        if line.trim() != RUN_BY {
+            continue;
+        }
+        let fence = lines.next().map(|(_, l)| l.trim());
+        assert_eq!(
+            fence,
+            Some("```console"),
+            "{WALKTHROUGH}: {RUN_BY} before {fence:?}"
+        );
+        for (number, line) in lines.by_ref() {
+            if line.trim() == "```" {
+                break;
+            }
+            if let Some(command) = line.strip_prefix("$ ") {
+                assert!(
+                    !command.ends_with('\\'),
+                    "{WALKTHROUGH}:{}: one line per command",
+                    number + 1
+                );
+                steps.push(DocStep {
+                    line: number + 1,
+                    command: command.to_owned(),
+                    output: Vec::new(),
+                });
+            } else {
+                let step = steps.last_mut().unwrap_or_else(|| {
+                    panic!("{WALKTHROUGH}:{}: output before any command", number + 1)
+                });
+                step.output.push(line.to_owned());
+            }
+        }
+    }
+    steps
+}
+
+impl Mesh {
+    /// The doc's text with this mesh's ports: a default port after
+    /// `127.0.0.1:`, `[::1]:` or `_` (Envoy's listener stat names) becomes
+    /// the port it runs on; envoy-test/run/ becomes this mesh's run dir.
+    fn doc_text(&self, text: &str) -> String {
+        let text = text.replace(
+            "envoy-test/run/",
+            &format!("{}/", self.run_dir.path().display()),
+        );
+        let mut out = String::new();
+        let mut rest = text.as_str();
+        while let Some(start) = rest.find(|c: char| c.is_ascii_digit()) {
+            let end = rest[start..]
+                .find(|c: char| !c.is_ascii_digit())
+                .map_or(rest.len(), |e| start + e);
+            out.push_str(&rest[..start]);
+            let digits = &rest[start..end];
+            let moved = ["127.0.0.1:", "[::1]:", "_"]
+                .iter()
+                .any(|p| out.ends_with(p))
+                .then(|| {
+                    DOC_PORTS
+                        .iter()
+                        .find(|(port, _)| port.to_string() == digits)
+                })
+                .flatten()
+                .map(|(_, var)| self.port(var).to_string());
+            out.push_str(moved.as_deref().unwrap_or(digits));
+            rest = &rest[end..];
+        }
+        out.push_str(rest);
+        out
+    }
+}
+
+/// What may differ between runs: the `date` and upstream time of a `curl -i`.
+fn comparable(text: &str) -> Vec<String> {
+    text.lines()
+        .map(|line| {
+            let line = line.trim_end();
+            for varying in ["date: ", "x-envoy-upstream-service-time: "] {
+                if line.to_ascii_lowercase().starts_with(varying) {
+                    return format!("{varying}…");
+                }
+            }
+            line.to_owned()
+        })
+        .collect()
+}
+
+/// docs/local-mesh.md, run as a reader runs it against `make run`: each
+/// command of its run-by blocks through bash from the repository root, in
+/// the doc's order, must print what the doc shows under it (with this mesh's
+/// ports). A doc line `curl: (N) ...` is curl failing: the command must fail
+/// with a curl error (which one varies with timing, as the doc says). The
+/// counters the doc shows last are those of every command before them, so
+/// they are polled until the filter has published them.
+#[test]
+fn docs_local_mesh_md_runs_as_shown() {
+    let doc = std::fs::read_to_string(repo_root().join(WALKTHROUGH)).unwrap();
+    let steps = doc_steps(&doc);
+    assert!(
+        steps.len() >= 25,
+        "{WALKTHROUGH}: only {} commands",
+        steps.len()
+    );
+    let mesh = Mesh::start();
+    // Every curl of the doc gives up after 10 s rather than hang the test.
+    let curl_home = mesh.run_dir.path().join("curl-home");
+    std::fs::create_dir_all(&curl_home).unwrap();
+    std::fs::write(curl_home.join(".curlrc"), "max-time = 10\n").unwrap();
+    for step in &steps {
+        let command = mesh.doc_text(&step.command);
+        let expected = comparable(&mesh.doc_text(&step.output.join("\n")));
+        let fails = expected.len() == 1 && expected[0].starts_with("curl: (");
+        // Counters reach /stats once a second: poll those, run the rest once.
+        let polled = command.contains("/stats");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let output = Command::new("bash")
+                .arg("-c")
+                .arg(&command)
+                .current_dir(repo_root())
+                .env("CURL_HOME", &curl_home)
+                .stdin(Stdio::null())
+                .output()
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            let shown = if fails {
+                !output.status.success() && stdout.is_empty() && stderr.contains("curl: (")
+            } else {
+                comparable(&stdout) == expected
+            };
+            if shown {
+                break;
+            }
+            assert!(
+                polled && Instant::now() < deadline,
+                "{WALKTHROUGH}:{}: `{command}`\nthe doc shows:\n{}\nit printed ({}):\n{stdout}{stderr}",
+                step.line,
+                expected.join("\n"),
+                output.status
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
 }
