@@ -979,26 +979,32 @@ fn every_envoy_config_in_the_repo_validates() {
     );
 }
 
-/// `make run`'s default ports, as docs/local-mesh.md writes them, and the
-/// variable that moves each (the top of envoy-test/mesh.sh).
-const DOC_PORTS: [(u16, &str); 17] = [
-    (8000, "APP_PORT"),
-    (8001, "APP2_PORT"),
-    (15006, "SIDECAR_MTLS_PORT"),
-    (10000, "SIDECAR_PORT"),
-    (20000, "SIDECAR_PLAIN_PORT"),
-    (15000, "SIDECAR_ADMIN_PORT"),
-    (15106, "SIDECAR2_MTLS_PORT"),
-    (15100, "SIDECAR2_ADMIN_PORT"),
-    (15001, "SLEEP_OUTBOUND_PORT"),
-    (15002, "SLEEP_ADMIN_PORT"),
-    (10080, "GATEWAY_HTTP_PORT"),
-    (10443, "GATEWAY_HTTPS_PORT"),
-    (10081, "GATEWAY_PROXY_PROTOCOL_PORT"),
-    (20080, "GATEWAY_PLAIN_HTTP_PORT"),
-    (20443, "GATEWAY_PLAIN_HTTPS_PORT"),
-    (15080, "GATEWAY_ADMIN_PORT"),
-    (8080, "LB_PORT"),
+/// Where a port follows 127.0.0.1 (or ::1) in the doc: a URL, or the
+/// listener's name in Envoy's stats (`listener.127.0.0.1_10081.…`).
+const LOOPBACK: &[&str] = &["127.0.0.1:", "[::1]:", "_"];
+
+/// `make run`'s default ports as docs/local-mesh.md writes them, after what
+/// they follow, and the variable that moves each (the top of
+/// envoy-test/mesh.sh). A port of another address goes in with that address
+/// (`&["127.0.0.80:"]`).
+const DOC_PORTS: [(&[&str], u16, &str); 17] = [
+    (LOOPBACK, 8000, "APP_PORT"),
+    (LOOPBACK, 8001, "APP2_PORT"),
+    (LOOPBACK, 15006, "SIDECAR_MTLS_PORT"),
+    (LOOPBACK, 10000, "SIDECAR_PORT"),
+    (LOOPBACK, 20000, "SIDECAR_PLAIN_PORT"),
+    (LOOPBACK, 15000, "SIDECAR_ADMIN_PORT"),
+    (LOOPBACK, 15106, "SIDECAR2_MTLS_PORT"),
+    (LOOPBACK, 15100, "SIDECAR2_ADMIN_PORT"),
+    (LOOPBACK, 15001, "SLEEP_OUTBOUND_PORT"),
+    (LOOPBACK, 15002, "SLEEP_ADMIN_PORT"),
+    (LOOPBACK, 10080, "GATEWAY_HTTP_PORT"),
+    (LOOPBACK, 10443, "GATEWAY_HTTPS_PORT"),
+    (LOOPBACK, 10081, "GATEWAY_PROXY_PROTOCOL_PORT"),
+    (LOOPBACK, 20080, "GATEWAY_PLAIN_HTTP_PORT"),
+    (LOOPBACK, 20443, "GATEWAY_PLAIN_HTTPS_PORT"),
+    (LOOPBACK, 15080, "GATEWAY_ADMIN_PORT"),
+    (LOOPBACK, 8080, "LB_PORT"),
 ];
 
 /// The walkthrough as the doc has it.
@@ -1056,9 +1062,9 @@ fn doc_steps(doc: &str) -> Vec<DocStep> {
 }
 
 impl Mesh {
-    /// The doc's text with this mesh's ports: a default port after
-    /// `127.0.0.1:`, `[::1]:` or `_` (Envoy's listener stat names) becomes
-    /// the port it runs on; envoy-test/run/ becomes this mesh's run dir.
+    /// The doc's text with this mesh's ports: a default port of DOC_PORTS,
+    /// after what it follows there, becomes the port it runs on;
+    /// envoy-test/run/ becomes this mesh's run dir.
     fn doc_text(&self, text: &str) -> String {
         let text = text.replace(
             "envoy-test/run/",
@@ -1072,16 +1078,12 @@ impl Mesh {
                 .map_or(rest.len(), |e| start + e);
             out.push_str(&rest[..start]);
             let digits = &rest[start..end];
-            let moved = ["127.0.0.1:", "[::1]:", "_"]
+            let moved = DOC_PORTS
                 .iter()
-                .any(|p| out.ends_with(p))
-                .then(|| {
-                    DOC_PORTS
-                        .iter()
-                        .find(|(port, _)| port.to_string() == digits)
+                .find(|(after, port, _)| {
+                    port.to_string() == digits && after.iter().any(|a| out.ends_with(a))
                 })
-                .flatten()
-                .map(|(_, var)| self.port(var).to_string());
+                .map(|(_, _, var)| self.port(var).to_string());
             out.push_str(moved.as_deref().unwrap_or(digits));
             rest = &rest[end..];
         }
@@ -1128,6 +1130,20 @@ fn docs_local_mesh_md_runs_as_shown() {
     std::fs::write(curl_home.join(".curlrc"), "max-time = 10\n").unwrap();
     for step in &steps {
         let command = mesh.doc_text(&step.command);
+        // A port the table does not know would reach whatever listens there
+        // (a `make run` of the reader's own, say), not this mesh.
+        for (at, _) in command.match_indices("127.0.0.1:") {
+            let port: String = command[at + "127.0.0.1:".len()..]
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            assert!(
+                mesh.ports.iter().any(|(_, p)| p.to_string() == port),
+                "{WALKTHROUGH}:{}: port {port} is not in DOC_PORTS: `{}`",
+                step.line,
+                step.command
+            );
+        }
         let expected = comparable(&mesh.doc_text(&step.output.join("\n")));
         let fails = expected.len() == 1 && expected[0].starts_with("curl: (");
         // Counters reach /stats once a second: poll those, run the rest once.
