@@ -10,7 +10,8 @@ For README.md and every docs/*.md:
     `<!-- run-by: PATH -->`: PATH must exist and name this doc, since the
     test there reads the doc's blocks and runs them (envoy-test/tests/mesh.rs
     runs every such block of docs/local-mesh.md against the mesh of
-    `make run`, in order, and compares what each command prints);
+    `make run`, in order, and compares what each command prints; a run-by
+    ```json block there holds access-log lines the mesh must print);
   - made of commands the tests execute, each matching an entry of
     TESTED_COMMANDS below, whose evidence must be found in the file named
     there (so the list cannot outlive the test it points at);
@@ -209,6 +210,15 @@ def check_blocks(path, problems):
         if marker and marker[0] == "same-as":
             check_same_as(where, marker[1], body, problems)
             continue
+        # run-by on any block: a test reads it (commands to run, or the log
+        # lines they print).
+        if marker and marker[0] == "run-by":
+            test = ROOT / marker[1]
+            if not test.is_file():
+                problems.append(f"{where}: run-by names {marker[1]}, which does not exist")
+            elif rel(path) not in test.read_text():
+                problems.append(f"{where}: run-by names {marker[1]}, which does not read {rel(path)}")
+            continue
         if language not in SHELL_LANGUAGES:
             if marker:
                 problems.append(f"{where}: a {marker[0]} marker on a ```{language} block, which holds no commands")
@@ -216,13 +226,6 @@ def check_blocks(path, problems):
         if marker and marker[0] == "not-run":
             if not marker[1]:
                 problems.append(f"{where}: not-run needs a reason: <!-- not-run: why no test runs this -->")
-            continue
-        if marker and marker[0] == "run-by":
-            test = ROOT / marker[1]
-            if not test.is_file():
-                problems.append(f"{where}: run-by names {marker[1]}, which does not exist")
-            elif rel(path) not in test.read_text():
-                problems.append(f"{where}: run-by names {marker[1]}, which does not read {rel(path)}")
             continue
         shown = commands(language, body)
         if not shown:

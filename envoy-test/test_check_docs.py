@@ -100,6 +100,13 @@ class CheckDocs(unittest.TestCase):
         self.repo.write("envoy-test/tests/t.rs", '// runs "docs/a.md"\n')
         self.assert_none()
 
+    def test_run_by_on_the_output_a_test_reads(self):
+        self.repo.write("envoy-test/tests/t.rs", '// reads "docs/a.md"\n')
+        self.repo.write("docs/a.md", '# A\n\n<!-- run-by: envoy-test/tests/t.rs -->\n```json\n{"a":1}\n```\n')
+        self.assert_none()
+        self.repo.write("docs/a.md", '# A\n\n<!-- not-run: why -->\n```json\n{"a":1}\n```\n')
+        self.assert_one("a not-run marker on a ```json block")
+
     def test_run_by_a_missing_test(self):
         self.repo.write("docs/a.md", "# A\n\n<!-- run-by: envoy-test/tests/gone.rs -->\n```console\n$ curl x\n```\n")
         self.assert_one("which does not exist")

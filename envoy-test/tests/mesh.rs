@@ -979,9 +979,19 @@ fn every_envoy_config_in_the_repo_validates() {
     );
 }
 
-/// Where a port follows 127.0.0.1 (or ::1) in the doc: a URL, or the
-/// listener's name in Envoy's stats (`listener.127.0.0.1_10081.…`).
-const LOOPBACK: &[&str] = &["127.0.0.1:", "[::1]:", "_"];
+/// Where a port follows 127.0.0.1 (or ::1) in the doc: a URL, the
+/// listener's name in Envoy's stats (`listener.127.0.0.1_10081.…`), or the
+/// proxy's name in its access log (`"proxy":"sidecar:15006"`).
+const LOOPBACK: &[&str] = &[
+    "127.0.0.1:",
+    "[::1]:",
+    "_",
+    "\"sidecar:",
+    "\"sidecar-2:",
+    "\"sleep:",
+    "\"gateway:",
+    "\"lb:",
+];
 
 /// `make run`'s default ports as docs/local-mesh.md writes them, after what
 /// they follow, and the variable that moves each (the top of
@@ -1021,25 +1031,30 @@ struct DocStep {
     output: Vec<String>,
 }
 
-/// Every `$ ` command of the ```console blocks marked RUN_BY, in order.
-fn doc_steps(doc: &str) -> Vec<DocStep> {
+/// Every `$ ` command of the ```console blocks marked RUN_BY, in order, and
+/// every line of the ```json blocks marked RUN_BY (access-log lines), with
+/// its line number.
+fn doc_steps(doc: &str) -> (Vec<DocStep>, Vec<(usize, String)>) {
     let mut steps = Vec::new();
+    let mut logged = Vec::new();
     let mut lines = doc.lines().enumerate();
     while let Some((_, line)) = lines.next() {
         if line.trim() != RUN_BY {
             continue;
         }
         let fence = lines.next().map(|(_, l)| l.trim());
-        assert_eq!(
-            fence,
-            Some("```console"),
+        assert!(
+            matches!(fence, Some("```console" | "```json")),
             "{WALKTHROUGH}: {RUN_BY} before {fence:?}"
         );
+        let log_lines = fence == Some("```json");
         for (number, line) in lines.by_ref() {
             if line.trim() == "```" {
                 break;
             }
-            if let Some(command) = line.strip_prefix("$ ") {
+            if log_lines {
+                logged.push((number + 1, line.to_owned()));
+            } else if let Some(command) = line.strip_prefix("$ ") {
                 assert!(
                     !command.ends_with('\\'),
                     "{WALKTHROUGH}:{}: one line per command",
@@ -1058,7 +1073,37 @@ fn doc_steps(doc: &str) -> Vec<DocStep> {
             }
         }
     }
-    steps
+    (steps, logged)
+}
+
+/// An access-log line as the doc shows it: the same fields with the same
+/// values, but for the ports a connection was given (an `address:port`
+/// whose port is neither 0 nor one of the mesh's must match by address)
+/// and byte counts (a Host header holds the ports, so they vary).
+fn logged_as_shown(shown: &Value, logged: &Value, ports: &[u16]) -> bool {
+    let (Some(shown), Some(logged)) = (shown.as_object(), logged.as_object()) else {
+        return false;
+    };
+    let ephemeral = |text: &str| {
+        let (address, port) = text.rsplit_once(':')?;
+        let port: u16 = port.parse().ok()?;
+        (port != 0 && !ports.contains(&port)).then_some(address.to_owned())
+    };
+    shown.len() == logged.len()
+        && shown.iter().all(|(key, want)| {
+            let Some(got) = logged.get(key) else {
+                return false;
+            };
+            if key.starts_with("bytes_") {
+                return got.is_u64();
+            }
+            match (want.as_str(), got.as_str()) {
+                (Some(want), Some(got)) if want != got => {
+                    ephemeral(want).is_some_and(|address| ephemeral(got) == Some(address))
+                }
+                _ => want == got,
+            }
+        })
 }
 
 impl Mesh {
@@ -1117,7 +1162,12 @@ fn comparable(text: &str) -> Vec<String> {
 #[test]
 fn docs_local_mesh_md_runs_as_shown() {
     let doc = std::fs::read_to_string(repo_root().join(WALKTHROUGH)).unwrap();
-    let steps = doc_steps(&doc);
+    let (steps, logged) = doc_steps(&doc);
+    assert!(
+        logged.len() >= 10,
+        "{WALKTHROUGH}: only {} log lines",
+        logged.len()
+    );
     assert!(
         steps.len() >= 25,
         "{WALKTHROUGH}: only {} commands",
@@ -1177,5 +1227,13 @@ fn docs_local_mesh_md_runs_as_shown() {
             );
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+    // The access-log lines the doc shows, among those the mesh printed.
+    let ports: Vec<u16> = mesh.ports.iter().map(|(_, port)| *port).collect();
+    for (line, text) in &logged {
+        let shown: Value = serde_json::from_str(&mesh.doc_text(text))
+            .unwrap_or_else(|e| panic!("{WALKTHROUGH}:{line}: {e}"));
+        eprintln!("{WALKTHROUGH}:{line}: looking for {shown}");
+        mesh.wait_for_access_log(|entry| logged_as_shown(&shown, entry, &ports));
     }
 }
