@@ -19,6 +19,8 @@ For README.md and every docs/*.md:
     registry with credentials, Docker).
 - A block marked `<!-- same-as: PATH -->` holds the file PATH, comments and
   blank lines aside (the README's minimal deploy is wasmplugin/sidecar.yaml).
+- The configuration tables of README.md and docs/configuration.md name
+  every field src/config.rs parses, and no other.
 - Every relative link and image in those files points at a file of the
   repository, and every `#anchor` at a heading of its target (GitHub's
   slugs). PENDING_FILES are treated as existing while absent.
@@ -43,6 +45,9 @@ PENDING_FILES = {
 }
 
 SHELL_LANGUAGES = {"console", "sh", "shell", "bash"}
+
+# The docs with a table of every plugin configuration field.
+CONFIG_TABLES = ["README.md", "docs/configuration.md"]
 
 # Commands a doc may show without a run-by or not-run marker, because a test
 # runs them: (pattern the whole command must match, file that runs it,
@@ -129,8 +134,9 @@ def blocks(text):
     return found
 
 
-def prose_lines(text):
-    """(line number, line) outside fenced blocks, inline code blanked."""
+def prose_lines(text, keep_code=False):
+    """(line number, line) outside fenced blocks, inline code blanked
+    unless keep_code."""
     fence = None
     for number, line in enumerate(text.split("\n"), 1):
         m = FENCE.match(line)
@@ -141,7 +147,7 @@ def prose_lines(text):
                 fence = None
             continue
         if fence is None:
-            yield number, INLINE_CODE.sub(lambda c: " " * len(c.group(0)), line)
+            yield number, line if keep_code else INLINE_CODE.sub(lambda c: " " * len(c.group(0)), line)
 
 
 def commands(language, body):
@@ -276,6 +282,43 @@ def check_tested_commands(problems):
             problems.append(f"envoy-test/check_docs.py: `{pattern}`: {file} no longer holds {evidence!r}")
 
 
+def config_fields():
+    """The plugin configuration's fields, as src/config.rs parses them."""
+    source = (ROOT / "src/config.rs").read_text()
+    m = re.search(r"struct RawFilterConfig \{(.*?)\n\}", source, re.S)
+    return set(re.findall(r"^\s+([a-z_][a-z0-9_]*):", m.group(1), re.M)) if m else set()
+
+
+def table_fields(path):
+    """The first column of the tables whose header starts `| field |`."""
+    fields, in_table = set(), False
+    for _, line in prose_lines(path.read_text(), keep_code=True):
+        if line.startswith("| field |"):
+            in_table = True
+        elif in_table and line.startswith("|"):
+            m = re.match(r"^\|\s*([a-z_][a-z0-9_]*)\s*\|", line.replace("`", " "))
+            if m:
+                fields.add(m.group(1))
+        else:
+            in_table = False
+    return fields
+
+
+def check_config_tables(problems):
+    """The README's table and the reference name every field the parser
+    takes, and no other."""
+    parsed = config_fields()
+    if not parsed:
+        problems.append("src/config.rs: no struct RawFilterConfig to read the fields from")
+        return
+    for name in CONFIG_TABLES:
+        shown = table_fields(ROOT / name)
+        for field in sorted(parsed - shown):
+            problems.append(f"{name}: the configuration table lacks `{field}`, which src/config.rs takes")
+        for field in sorted(shown - parsed):
+            problems.append(f"{name}: the configuration table has `{field}`, which src/config.rs does not take")
+
+
 def check_links(path, problems):
     text = path.read_text()
     for number, line in prose_lines(text):
@@ -312,13 +355,14 @@ def main():
         check_blocks(path, problems)
         check_links(path, problems)
     check_tested_commands(problems)
+    check_config_tables(problems)
     for problem in problems:
         print(problem)
     files = len(doc_files())
     if problems:
         print(f"test-docs: {len(problems)} problem(s) in {files} files", file=sys.stderr)
         return 1
-    print(f"test-docs: {files} files, every shell block run by a test or marked not-run, every link resolves")
+    print(f"test-docs: {files} files, every shell block run by a test or marked not-run, every field in the tables, every link resolving")
     return 0
 
 

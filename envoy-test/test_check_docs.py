@@ -149,6 +149,44 @@ class CheckDocs(unittest.TestCase):
         self.assert_one("differs from m.yaml")
 
 
+class ConfigTables(unittest.TestCase):
+    def setUp(self):
+        self.repo = Repo()
+        self.repo.write("src/config.rs", "struct RawFilterConfig {\n    #[serde(default)]\n    xff_mode: XffMode,\n    trusted_hops: u32,\n}\n")
+
+    def tearDown(self):
+        self.repo.close()
+
+    def problems(self):
+        saved = check_docs.ROOT
+        check_docs.ROOT = self.repo.root
+        try:
+            found = []
+            check_docs.check_config_tables(found)
+            return found
+        finally:
+            check_docs.ROOT = saved
+
+    def table(self, *fields):
+        return "# T\n\n| field | meaning |\n|---|---|\n" + "".join(f"| `{f}` | x |\n" for f in fields)
+
+    def test_every_field_in_both_tables(self):
+        self.repo.write("README.md", self.table("xff_mode", "trusted_hops"))
+        self.repo.write("docs/configuration.md", self.table("trusted_hops", "xff_mode"))
+        self.assertEqual(self.problems(), [])
+
+    def test_a_field_missing_or_unknown(self):
+        self.repo.write("README.md", self.table("xff_mode"))
+        self.repo.write("docs/configuration.md", self.table("xff_mode", "trusted_hops", "trusted_hop"))
+        self.assertEqual(
+            self.problems(),
+            [
+                "README.md: the configuration table lacks `trusted_hops`, which src/config.rs takes",
+                "docs/configuration.md: the configuration table has `trusted_hop`, which src/config.rs does not take",
+            ],
+        )
+
+
 class TheRepository(unittest.TestCase):
     def test_its_docs_pass(self):
         self.assertEqual(check_docs.main(), 0)
