@@ -7,8 +7,9 @@
 //! - [`Envoy`]: a running Envoy on free ports, with its admin API and logs.
 //! - [`Request`]: a raw HTTP/1.1 client that can pick its source address
 //!   (any 127.0.0.x, or ::1) and send repeated or malformed headers.
-//! - [`pki::Pki`]: a mesh CA issuing SPIFFE workload certificates, for
-//!   listeners with mutual TLS ([`ListenerTls`]).
+//! - [`pki::Pki`]: a mesh CA issuing SPIFFE workload certificates as istiod
+//!   does (made by `mesh-pki.sh`, like the local mesh's), for listeners with
+//!   mutual TLS ([`ListenerTls`]).
 //! - [`ScratchDir`]: a temporary directory removed on every path out.
 
 use std::io::{BufRead, BufReader, Read, Write};
