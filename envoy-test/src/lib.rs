@@ -11,14 +11,16 @@
 //!   does (made by `mesh-pki.sh`, like the local mesh's), for listeners with
 //!   mutual TLS ([`ListenerTls`]).
 //! - [`ScratchDir`]: a temporary directory removed on every path out.
+//! - [`wait_until`]: polls for a condition until a deadline.
 
+use std::cell::Cell;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use std::{fs, thread};
+use std::{fmt, fs, thread};
 
 use serde_json::{json, Value};
 
@@ -88,6 +90,43 @@ impl ScratchDir {
 impl Drop for ScratchDir {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+// -------------------------------------------------------------- wait_until
+
+/// Polls `poll` until it returns `Some`, and returns what it holds; panics,
+/// naming `what`, once `timeout` has passed without. Polls every few
+/// milliseconds at first, then every 100 ms.
+pub fn wait_until<T>(
+    timeout: Duration,
+    what: impl fmt::Display,
+    mut poll: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        if let Some(value) = poll() {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
+
+/// Displays what its closure writes, when displayed: a [`wait_until`]
+/// message that shows the state when it gave up (say, the last value polled,
+/// kept in a `Cell`). It runs while panicking, so it must not panic itself:
+/// it reads what the poll kept, rather than ask again.
+pub struct Lazy<F>(pub F);
+
+impl<F: Fn(&mut fmt::Formatter<'_>) -> fmt::Result> fmt::Display for Lazy<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        (self.0)(f)
     }
 }
 
@@ -409,6 +448,7 @@ pub struct Envoy {
 /// Why Envoy did not come up, with its log.
 #[derive(Debug)]
 pub struct StartFailure {
+    /// `None` when a signal ended it.
     pub exit_code: Option<i32>,
     pub log: String,
 }
@@ -469,29 +509,25 @@ impl Envoy {
             dir,
             admin: "127.0.0.1:0".parse().unwrap(),
         };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(Some(status)) = envoy.child.try_wait() {
-                return Err(StartFailure {
-                    exit_code: status.code(),
-                    log: envoy.log(),
-                });
-            }
-            if let Ok(text) = fs::read_to_string(&admin_path) {
-                if let Ok(admin) = text.trim().parse() {
-                    envoy.admin = admin;
-                    if envoy.admin_get("/ready").is_some_and(|r| r.status == 200) {
-                        return Ok(envoy);
-                    }
+        // Should it never get there, the panic stops Envoy and shows its log.
+        let exited = wait_until(
+            Duration::from_secs(60),
+            "Envoy to be ready, or to exit",
+            || {
+                if let Ok(Some(status)) = envoy.child.try_wait() {
+                    return Some(Some(status.code()));
                 }
-            }
-            if Instant::now() > deadline {
-                return Err(StartFailure {
-                    exit_code: None,
-                    log: format!("not ready after 60 s\n{}", envoy.log()),
-                });
-            }
-            thread::sleep(Duration::from_millis(50));
+                envoy.admin = fs::read_to_string(&admin_path).ok()?.trim().parse().ok()?;
+                let ready = envoy.admin_get("/ready").is_some_and(|r| r.status == 200);
+                ready.then_some(None)
+            },
+        );
+        match exited {
+            None => Ok(envoy),
+            Some(exit_code) => Err(StartFailure {
+                exit_code,
+                log: envoy.log(),
+            }),
         }
     }
 
@@ -578,17 +614,21 @@ impl Envoy {
             .unwrap_or(0)
     }
 
-    /// Waits (up to 10 s) for a counter to reach `at_least`, and returns it.
-    /// The filter publishes its counters once a second.
+    /// Waits (up to 10 s) for a counter to reach `at_least`, and returns it;
+    /// panics if it does not. The filter publishes its counters once a second.
     pub fn counter_reaching(&self, name: &str, at_least: u64) -> u64 {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let value = self.stat(name);
-            if value >= at_least || Instant::now() > deadline {
-                return value;
-            }
-            thread::sleep(Duration::from_millis(100));
-        }
+        let last = Cell::new(None);
+        wait_until(
+            Duration::from_secs(10),
+            Lazy(|f: &mut fmt::Formatter<'_>| {
+                write!(f, "{name} to reach {at_least} (last {:?})", last.get())
+            }),
+            || {
+                let value = self.stat(name);
+                last.set(Some(value));
+                (value >= at_least).then_some(value)
+            },
+        )
     }
 }
 
@@ -775,5 +815,44 @@ impl Received {
             [value] => value,
             values => panic!("expected exactly one {name}, got {values:?}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wait_until_returns_what_the_poll_found() {
+        let mut polls = 0;
+        let found = wait_until(Duration::from_secs(5), "the third poll", || {
+            polls += 1;
+            (polls == 3).then_some(polls * 10)
+        });
+        assert_eq!(found, 30);
+    }
+
+    #[test]
+    fn wait_until_names_what_it_waited_for_as_it_was_at_the_end() {
+        let polls = Cell::new(0);
+        let gave_up = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            wait_until(
+                Duration::from_millis(50),
+                Lazy(|f: &mut fmt::Formatter<'_>| write!(f, "nothing (polled {})", polls.get())),
+                || {
+                    polls.set(polls.get() + 1);
+                    None::<()>
+                },
+            )
+        }));
+        let message = *gave_up.unwrap_err().downcast::<String>().unwrap();
+        assert!(polls.get() > 1);
+        assert_eq!(
+            message,
+            format!(
+                "timed out after 50ms waiting for nothing (polled {})",
+                polls.get()
+            )
+        );
     }
 }

@@ -7,9 +7,9 @@ use std::io::Read;
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use envoy_test::{module_path, repo_root, Envoy, Listener, Request, ScratchDir};
+use envoy_test::{module_path, repo_root, wait_until, Envoy, Listener, Request, ScratchDir};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -54,11 +54,9 @@ impl Registry {
             addr,
             _dir: scratch,
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while registry.get("/v2/", "*/*").map(|r| r.status) != Some(200) {
-            assert!(Instant::now() < deadline, "registry did not start");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_until(Duration::from_secs(30), "the registry to start", || {
+            registry.get("/v2/", "*/*").filter(|r| r.status == 200)
+        });
         registry
     }
 
