@@ -18,7 +18,9 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use std::{fmt, fs, thread};
 
@@ -133,25 +135,93 @@ impl<F: Fn(&mut fmt::Formatter<'_>) -> fmt::Result> fmt::Display for Lazy<F> {
 // ---------------------------------------------------------------- upstream
 
 /// An upstream that echoes each request as
-/// `{"method":…,"path":…,"headers":[[name,value],…]}`.
+/// `{"method":…,"path":…,"headers":[[name,value],…]}`. Dropping it stops its
+/// accept thread and every connection's thread, and closes their sockets.
 pub struct Upstream {
     pub port: u16,
+    /// The listening socket, to wake the accept thread when stopping.
+    listener: TcpListener,
+    stopping: Arc<AtomicBool>,
+    accept: Option<JoinHandle<()>>,
+    connections: Arc<Mutex<Vec<Connection>>>,
+}
+
+/// A connection's socket, to shut it down, and the thread that serves it.
+struct Connection {
+    stream: TcpStream,
+    thread: JoinHandle<()>,
 }
 
 impl Upstream {
     pub fn start() -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                thread::spawn(move || echo_connection(stream));
-            }
-        });
-        Upstream { port }
+        let stopping = Arc::new(AtomicBool::new(false));
+        let connections = Arc::new(Mutex::new(Vec::<Connection>::new()));
+        let accept = {
+            let listener = listener.try_clone().unwrap();
+            let stopping = Arc::clone(&stopping);
+            let connections = Arc::clone(&connections);
+            thread::spawn(move || {
+                for stream in listener.incoming() {
+                    if stopping.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    let Ok(stream) = stream else { continue };
+                    let Ok(handle) = stream.try_clone() else {
+                        continue;
+                    };
+                    let thread = thread::spawn(move || echo_connection(stream));
+                    let mut connections = connections.lock().unwrap_or_else(|e| e.into_inner());
+                    // A finished thread needs no joining; its socket closes.
+                    connections.retain(|c| !c.thread.is_finished());
+                    connections.push(Connection {
+                        stream: handle,
+                        thread,
+                    });
+                }
+            })
+        };
+        Upstream {
+            port,
+            listener,
+            stopping,
+            accept: Some(accept),
+            connections,
+        }
     }
 }
 
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        // Shutting the listening socket down ends a blocked accept on Linux;
+        // a connection of our own would wake it anywhere else.
+        let _ = socket2::SockRef::from(&self.listener).shutdown(std::net::Shutdown::Read);
+        let _ = TcpStream::connect_timeout(
+            &SocketAddr::from(([127, 0, 0, 1], self.port)),
+            Duration::from_secs(1),
+        );
+        if let Some(accept) = self.accept.take() {
+            let _ = accept.join();
+        }
+        let connections =
+            std::mem::take(&mut *self.connections.lock().unwrap_or_else(|e| e.into_inner()));
+        for connection in connections {
+            let _ = connection.stream.shutdown(std::net::Shutdown::Both);
+            let _ = connection.thread.join();
+        }
+    }
+}
+
+/// Serves one connection until either side ends it, then shuts the socket
+/// down (the upstream holds a handle on it, which would keep it open).
 fn echo_connection(stream: TcpStream) {
+    echo_requests(&stream);
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+}
+
+fn echo_requests(stream: &TcpStream) {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut writer = stream;
     loop {
@@ -164,6 +234,7 @@ fn echo_connection(stream: TcpStream) {
         let path = parts.next().unwrap_or("").to_owned();
         let mut headers = Vec::new();
         let mut content_length = 0usize;
+        let mut close = false;
         loop {
             let mut line = Vec::new();
             if reader.read_until(b'\n', &mut line).unwrap_or(0) == 0 {
@@ -181,6 +252,7 @@ fn echo_connection(stream: TcpStream) {
                 if name == "content-length" {
                     content_length = value.parse().unwrap_or(0);
                 }
+                close |= name == "connection" && value.eq_ignore_ascii_case("close");
                 headers.push(json!([name, value]));
             }
         }
@@ -193,7 +265,7 @@ fn echo_connection(stream: TcpStream) {
             "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{reply}",
             reply.len()
         );
-        if writer.write_all(response.as_bytes()).is_err() {
+        if writer.write_all(response.as_bytes()).is_err() || close {
             return;
         }
     }
@@ -443,6 +515,9 @@ pub struct Envoy {
     child: Child,
     pub dir: PathBuf,
     pub admin: SocketAddr,
+    /// The echo upstream Envoy was started in front of, when it started one;
+    /// stopped after Envoy.
+    upstream: Option<Upstream>,
 }
 
 /// Why Envoy did not come up, with its log.
@@ -477,7 +552,9 @@ impl Envoy {
         let upstream = Upstream::start();
         let dir = scratch_dir("envoy");
         let config = envoy_config_with_module(listeners, upstream.port, &dir, module);
-        Envoy::try_start_with(config, dir, 2)
+        let mut envoy = Envoy::try_start_with(config, dir, 2)?;
+        envoy.upstream = Some(upstream);
+        Ok(envoy)
     }
 
     /// Starts Envoy with a ready-made bootstrap.
@@ -508,6 +585,7 @@ impl Envoy {
             child,
             dir,
             admin: "127.0.0.1:0".parse().unwrap(),
+            upstream: None,
         };
         // Should it never get there, the panic stops Envoy and shows its log.
         let exited = wait_until(
@@ -636,6 +714,7 @@ impl Drop for Envoy {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        self.upstream = None;
         // A failing test shows Envoy's log (the test harness prints what a
         // failed test wrote); the directory goes on every path.
         if thread::panicking() {
@@ -821,6 +900,48 @@ impl Received {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_dropped_upstream_stops_its_threads_and_closes_its_sockets() {
+        let upstream = Upstream::start();
+        let to = SocketAddr::from(([127, 0, 0, 1], upstream.port));
+        // One connection served, one open and idle, its thread blocked
+        // waiting for a request.
+        let echoed = Request::get("/echo").send(to);
+        assert!(echoed.body.contains(r#""path":"/echo""#), "{}", echoed.body);
+        let mut idle = TcpStream::connect(to).unwrap();
+        idle.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        wait_until(
+            Duration::from_secs(10),
+            "the idle connection's thread",
+            || {
+                let connections = upstream.connections.lock().unwrap();
+                connections
+                    .iter()
+                    .any(|c| !c.thread.is_finished())
+                    .then_some(())
+            },
+        );
+        // Dropping returns once every thread has been joined.
+        let (dropped, done) = std::sync::mpsc::channel();
+        thread::spawn(move || {
+            drop(upstream);
+            let _ = dropped.send(());
+        });
+        done.recv_timeout(Duration::from_secs(10))
+            .expect("dropping the upstream joins its threads");
+        assert_eq!(
+            idle.read(&mut [0; 1]).unwrap(),
+            0,
+            "the idle connection is closed"
+        );
+        assert_eq!(
+            TcpStream::connect(to).unwrap_err().kind(),
+            std::io::ErrorKind::ConnectionRefused,
+            "nothing listens any more"
+        );
+    }
 
     #[test]
     fn wait_until_returns_what_the_poll_found() {
