@@ -532,12 +532,7 @@ impl Envoy {
     /// Starts Envoy on `listeners` in front of a fresh echo upstream, and
     /// waits until it is ready. Panics if it does not start.
     pub fn start(listeners: &[Listener]) -> Envoy {
-        Envoy::try_start(listeners).unwrap_or_else(|failure| {
-            panic!(
-                "Envoy did not start (exit {:?}):\n{}",
-                failure.exit_code, failure.log
-            )
-        })
+        Envoy::start_with(listeners, 2, &[])
     }
 
     pub fn try_start(listeners: &[Listener]) -> Result<Envoy, StartFailure> {
@@ -549,10 +544,33 @@ impl Envoy {
         listeners: &[Listener],
         module: &Path,
     ) -> Result<Envoy, StartFailure> {
+        Envoy::try_start_in_front_of_upstream(listeners, module, 2, &[])
+    }
+
+    /// Starts Envoy as [`Envoy::start`] does, with `workers` worker threads
+    /// (`--concurrency`) and `args` after the harness's own arguments
+    /// (`--component-log-level wasm:debug`, say; a later `-l` overrides the
+    /// harness's `-l info`).
+    pub fn start_with(listeners: &[Listener], workers: u32, args: &[&str]) -> Envoy {
+        Envoy::try_start_in_front_of_upstream(listeners, &module_path(), workers, args)
+            .unwrap_or_else(|failure| {
+                panic!(
+                    "Envoy did not start (exit {:?}):\n{}",
+                    failure.exit_code, failure.log
+                )
+            })
+    }
+
+    fn try_start_in_front_of_upstream(
+        listeners: &[Listener],
+        module: &Path,
+        workers: u32,
+        args: &[&str],
+    ) -> Result<Envoy, StartFailure> {
         let upstream = Upstream::start();
         let dir = scratch_dir("envoy");
         let config = envoy_config_with_module(listeners, upstream.port, &dir, module);
-        let mut envoy = Envoy::try_start_with(config, dir, 2)?;
+        let mut envoy = Envoy::try_start_with_args(config, dir, workers, args)?;
         envoy.upstream = Some(upstream);
         Ok(envoy)
     }
@@ -562,6 +580,16 @@ impl Envoy {
         config: Value,
         dir: PathBuf,
         workers: u32,
+    ) -> Result<Envoy, StartFailure> {
+        Envoy::try_start_with_args(config, dir, workers, &[])
+    }
+
+    /// The same, with `args` after the harness's own arguments.
+    pub fn try_start_with_args(
+        config: Value,
+        dir: PathBuf,
+        workers: u32,
+        args: &[&str],
     ) -> Result<Envoy, StartFailure> {
         let config_path = dir.join("envoy.json");
         fs::write(&config_path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
@@ -576,6 +604,7 @@ impl Envoy {
             .arg(&log_path)
             .args(["--disable-hot-restart", "-l", "info", "--concurrency"])
             .arg(workers.to_string())
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
