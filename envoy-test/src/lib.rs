@@ -656,6 +656,18 @@ impl Envoy {
         fs::read_to_string(self.dir.join("envoy.log")).unwrap_or_default()
     }
 
+    /// Stops Envoy the way an operator does (the admin API's
+    /// `/quitquitquit`), waits up to 30 s for it to exit, and returns its
+    /// log, complete: Envoy writes out what it holds before exiting.
+    pub fn stop(&mut self) -> String {
+        let quit = Request::post("/quitquitquit").send(self.admin);
+        assert_eq!(quit.status, 200, "/quitquitquit: {}", quit.body);
+        wait_until(Duration::from_secs(30), "Envoy to exit", || {
+            self.child.try_wait().ok().flatten()
+        });
+        self.log()
+    }
+
     /// Fails if Envoy's log shows the module panicking or its VM failing.
     pub fn assert_no_vm_crash(&self) {
         let log = self.log();
@@ -758,6 +770,7 @@ impl Drop for Envoy {
 /// A raw HTTP/1.1 request, sent on a fresh connection from a chosen source.
 #[derive(Clone, Debug)]
 pub struct Request {
+    method: &'static str,
     path: String,
     headers: Vec<(String, Vec<u8>)>,
     source: Option<IpAddr>,
@@ -774,9 +787,18 @@ pub struct Response {
 impl Request {
     pub fn get(path: &str) -> Request {
         Request {
+            method: "GET",
             path: path.to_owned(),
             headers: Vec::new(),
             source: None,
+        }
+    }
+
+    /// A POST with no body, as Envoy's admin wants for what changes state.
+    pub fn post(path: &str) -> Request {
+        Request {
+            method: "POST",
+            ..Request::get(path)
         }
     }
 
@@ -811,8 +833,8 @@ impl Request {
         let mut stream: TcpStream = socket.into();
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;
         let mut head = format!(
-            "GET {} HTTP/1.1\r\nhost: app\r\nconnection: close\r\n",
-            self.path
+            "{} {} HTTP/1.1\r\nhost: app\r\nconnection: close\r\n",
+            self.method, self.path
         )
         .into_bytes();
         for (name, value) in &self.headers {
