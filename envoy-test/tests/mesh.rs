@@ -7,7 +7,8 @@
 //! stops `make run`, SIGINT to the whole group, and on every other way out the
 //! whole group is killed, so no Envoy or gunicorn outlives a test.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::fmt;
 use std::io::{self, BufRead, BufReader};
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
@@ -16,7 +17,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use envoy_test::{envoy_bin, module_path, repo_root};
+use envoy_test::{envoy_bin, module_path, repo_root, wait_until, Lazy};
 use serde_json::Value;
 
 const PORT_VARS: [&str; 17] = [
@@ -262,27 +263,43 @@ impl Mesh {
     /// Waits (up to 10 s: the filter hands its counts to Envoy once a second
     /// per worker) until the counter reaches `at_least`, and returns it.
     fn wait_for_counter(&self, name: &str, at_least: u64) -> u64 {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let value = self.sidecar_counter(name);
-            if value >= at_least || Instant::now() > deadline {
-                return value;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        let last = Cell::new(None);
+        wait_until(
+            Duration::from_secs(10),
+            Lazy(|f: &mut fmt::Formatter<'_>| {
+                let last = last.get();
+                write!(
+                    f,
+                    "the sidecars' {name} to reach {at_least} (last {last:?})"
+                )
+            }),
+            || {
+                let value = self.sidecar_counter(name);
+                last.set(Some(value));
+                (value >= at_least).then_some(value)
+            },
+        )
     }
 
     /// Waits (up to 10 s) until a stat of the Envoy at `admin_var` reaches
     /// `at_least`, and returns it.
     fn wait_for_stat(&self, admin_var: &str, name: &str, at_least: u64) -> u64 {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let value = self.stat(admin_var, name);
-            if value >= at_least || Instant::now() > deadline {
-                return value;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let last = Cell::new(None);
+        wait_until(
+            Duration::from_secs(10),
+            Lazy(|f: &mut fmt::Formatter<'_>| {
+                let last = last.get();
+                write!(
+                    f,
+                    "{name} at {admin_var} to reach {at_least} (last {last:?})"
+                )
+            }),
+            || {
+                let value = self.stat(admin_var, name);
+                last.set(Some(value));
+                (value >= at_least).then_some(value)
+            },
+        )
     }
 
     fn url(&self, var: &str, path: &str) -> String {
@@ -305,15 +322,17 @@ impl Mesh {
         );
         self.wait_for_line("mesh: stopped", Duration::from_secs(30));
         let status = self.child.take().unwrap().wait().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while signal_group(pgid, 0) {
-            assert!(
-                Instant::now() < deadline,
-                "still running 30 s after Ctrl-C:\n{}",
-                group_members(pgid).join("\n")
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_until(
+            Duration::from_secs(30),
+            Lazy(|f: &mut fmt::Formatter<'_>| {
+                let left = group_members(pgid).join("\n");
+                write!(
+                    f,
+                    "every process to end after Ctrl-C; still running:\n{left}"
+                )
+            }),
+            || (!signal_group(pgid, 0)).then_some(()),
+        );
         self.pgid = None;
         status
     }

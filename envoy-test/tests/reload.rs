@@ -10,9 +10,11 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use envoy_test::{listener_config, module_path, scratch_dir, Envoy, Listener, Request, Upstream};
+use envoy_test::{
+    listener_config, module_path, scratch_dir, wait_until, Envoy, Listener, Request, Upstream,
+};
 use serde_json::json;
 
 const CLIENT: &str = "127.0.0.20";
@@ -40,14 +42,6 @@ struct Outcomes {
     /// The client header of every answered request, in order.
     clients: Vec<String>,
     failures: Vec<String>,
-}
-
-fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]
@@ -106,37 +100,33 @@ fn plugin_config_changes_under_load() {
     };
     let answered = |outcomes: &Arc<Mutex<Outcomes>>| outcomes.lock().unwrap().clients.len();
     wait_until(
-        "traffic under the first config",
         Duration::from_secs(20),
-        || answered(&outcomes) >= 50,
+        "traffic under the first config",
+        || (answered(&outcomes) >= 50).then_some(()),
     );
     assert!(outcomes.lock().unwrap().clients.iter().all(|c| c == CLIENT));
 
     // 1. A new config: the peer becomes a trusted proxy.
     let trusting = format!(r#"{{"trusted_proxies":["{CLIENT}"]}}"#);
     write_lds(&dir, 2, &sidecar(port, &trusting), &module);
-    wait_until("the new rules", Duration::from_secs(20), || {
-        outcomes
-            .lock()
-            .unwrap()
-            .clients
-            .last()
-            .is_some_and(|c| c == NAMED)
+    wait_until(Duration::from_secs(20), "the new rules", || {
+        let clients = &outcomes.lock().unwrap().clients;
+        clients.last().is_some_and(|c| c == NAMED).then_some(())
     });
     let switched_at = answered(&outcomes);
     wait_until(
-        "traffic under the new config",
         Duration::from_secs(20),
-        || answered(&outcomes) >= switched_at + 50,
+        "traffic under the new config",
+        || (answered(&outcomes) >= switched_at + 50).then_some(()),
     );
 
     // 2. A bad config is rejected; the last good one keeps serving.
     let rejected_before = envoy.stat("listener_manager.lds.update_rejected");
     write_lds(&dir, 3, &sidecar(port, r#"{"xff_mode":"bogus"}"#), &module);
     wait_until(
-        "the bad update to be rejected",
         Duration::from_secs(20),
-        || envoy.stat("listener_manager.lds.update_rejected") > rejected_before,
+        "the bad update to be rejected",
+        || (envoy.stat("listener_manager.lds.update_rejected") > rejected_before).then_some(()),
     );
     assert!(
         envoy.log().contains("field `xff_mode`"),
@@ -144,24 +134,24 @@ fn plugin_config_changes_under_load() {
     );
     let after_bad = answered(&outcomes);
     wait_until(
-        "traffic after the bad update",
         Duration::from_secs(20),
-        || answered(&outcomes) >= after_bad + 50,
+        "traffic after the bad update",
+        || (answered(&outcomes) >= after_bad + 50).then_some(()),
     );
 
     // 3. A module that cannot load is rejected the same way.
     let missing = dir.join("no-such-plugin.wasm");
     write_lds(&dir, 4, &sidecar(port, "{}"), &missing);
     wait_until(
-        "the unloadable module to be rejected",
         Duration::from_secs(20),
-        || envoy.stat("listener_manager.lds.update_rejected") > rejected_before + 1,
+        "the unloadable module to be rejected",
+        || (envoy.stat("listener_manager.lds.update_rejected") > rejected_before + 1).then_some(()),
     );
     let after_missing = answered(&outcomes);
     wait_until(
-        "traffic after the unloadable module",
         Duration::from_secs(20),
-        || answered(&outcomes) >= after_missing + 50,
+        "traffic after the unloadable module",
+        || (answered(&outcomes) >= after_missing + 50).then_some(()),
     );
 
     stop.store(true, Ordering::Relaxed);
