@@ -30,8 +30,10 @@
 #               so that curl can verify the sidecar's inbound listener)
 #     rogue     spiffe://cluster.local/ns/default/sa/rogue: a valid mesh
 #               identity that nobody trusts
-#   DIR/tls/cert.pem, key.pem          the ingress gateway's own HTTPS
-#                                      certificate, self-signed for localhost
+#     waypoint  spiffe://cluster.local/ns/default/sa/waypoint: the ambient
+#               waypoint (a Gateway named waypoint in default)
+#   DIR/tls/cert.pem, key.pem        the ingress gateway's own HTTPS
+#                                    certificate, self-signed for localhost
 #
 # There the CA's key is deleted once the certificates are issued, and the keys
 # are readable by all (the Envoy image runs as its own user when docker compose
@@ -100,6 +102,7 @@ case ${1:-} in
     mesh_issue sleep URI:spiffe://cluster.local/ns/default/sa/sleep
     mesh_issue httpbin URI:spiffe://cluster.local/ns/default/sa/httpbin IP:127.0.0.1
     mesh_issue rogue URI:spiffe://cluster.local/ns/default/sa/rogue
+    mesh_issue waypoint URI:spiffe://cluster.local/ns/default/sa/waypoint
     quiet openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days "$days" \
       -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
       -keyout "$tls/key.pem" -out "$tls/cert.pem"

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use envoy_test::{envoy_bin, module_path, repo_root, wait_until, Lazy};
 use serde_json::Value;
 
-const PORT_VARS: [&str; 17] = [
+const PORT_VARS: [&str; 25] = [
     "APP_PORT",
     "APP2_PORT",
     "SIDECAR_MTLS_PORT",
@@ -38,6 +38,14 @@ const PORT_VARS: [&str; 17] = [
     "GATEWAY_PLAIN_HTTPS_PORT",
     "GATEWAY_ADMIN_PORT",
     "LB_PORT",
+    "HBONE_PORT",
+    "AMBIENT_SERVICE_PORT",
+    "AMBIENT_APP_PORT",
+    "ROGUE_HBONE_PORT",
+    "ROGUE_HBONE_TO_POD_PORT",
+    "WAYPOINT_ADMIN_PORT",
+    "ZTUNNEL_ADMIN_PORT",
+    "GATEWAY_AMBIENT_PORT",
 ];
 
 /// A directory under the system temp dir, removed however the test ends.
