@@ -593,6 +593,25 @@ impl Envoy {
     ) -> Result<Envoy, StartFailure> {
         let config_path = dir.join("envoy.json");
         fs::write(&config_path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+        Envoy::try_start_file(config_path, dir, workers)
+    }
+
+    /// Starts Envoy with a bootstrap in YAML, as `envoy-test/configs/` has them.
+    pub fn try_start_with_yaml(
+        yaml: &str,
+        dir: PathBuf,
+        workers: u32,
+    ) -> Result<Envoy, StartFailure> {
+        let config_path = dir.join("envoy.yaml");
+        fs::write(&config_path, yaml).unwrap();
+        Envoy::try_start_file(config_path, dir, workers)
+    }
+
+    fn try_start_file(
+        config_path: PathBuf,
+        dir: PathBuf,
+        workers: u32,
+    ) -> Result<Envoy, StartFailure> {
         let admin_path = dir.join("admin.address");
         let log_path = dir.join("envoy.log");
         let child = Command::new(envoy_bin())
