@@ -2,7 +2,8 @@
 one the filter accepts.
 
 - Istio: each document validates against Istio's schema for its kind
-  (WasmPlugin, and the DestinationRule of session affinity), and the CRD's
+  (WasmPlugin, the DestinationRule of session affinity and the
+  AuthorizationPolicy beside the waypoint's plugin), and the CRD's
   CEL rules, which OpenAPI validators do not evaluate, are checked here by
   hand. The schemas are npm's @kubernetes-models/istio 3.0.1, pinned in
   envoy-test/istio-schema/package-lock.json and installed there by
@@ -13,8 +14,9 @@ one the filter accepts.
   field and in checking formats (int32, date-time). ISTIO_CRD=<path>
   validates against the openAPIV3Schema of another WasmPlugin CRD instead,
   e.g. a newer Istio's (its customresourcedefinitions.gen.yaml, or the
-  WasmPlugin CRD alone); a DestinationRule is validated against that file's
-  DestinationRule CRD when it holds one, else against the package's.
+  WasmPlugin CRD alone); a DestinationRule or AuthorizationPolicy is
+  validated against that file's CRD of its kind when it holds one, else
+  against the package's.
 - The filter: each WasmPlugin's pluginConfig is loaded into real Envoy with
   build/plugin.wasm (`envoy --mode validate` runs the plugin's on_configure),
   so no example can drift from the configuration the filter really takes.
@@ -41,9 +43,12 @@ NODE = os.environ.get("NODE", "node")
 ENVOY = os.environ.get("ENVOY_BIN", str(REPO / ".venv/bin/envoy"))
 MODULE = os.environ.get("PLUGIN_WASM", str(REPO / "build/plugin.wasm"))
 ROOT_FOR_TYPE = {"HTTP": "client_ip", "NETWORK": "client_ip_peer"}
-MANIFEST_FILES = {"sidecar.yaml", "ingress-gateway.yaml", "gateway-api.yaml", "destinationrule-affinity.yaml"}
+MANIFEST_FILES = {"sidecar.yaml", "ingress-gateway.yaml", "gateway-api.yaml", "destinationrule-affinity.yaml",
+                  "waypoint.yaml", "waypoint-service.yaml", "waypoint-authorizationpolicy.yaml"}
 # The kinds wasmplugin/ holds, with the API version each is written in.
-API_VERSIONS = {"WasmPlugin": "extensions.istio.io/v1alpha1", "DestinationRule": "networking.istio.io/v1"}
+API_VERSIONS = {"WasmPlugin": "extensions.istio.io/v1alpha1", "DestinationRule": "networking.istio.io/v1",
+                "AuthorizationPolicy": "security.istio.io/v1"}
+GATEWAY_PRINCIPAL = "cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account"
 
 
 def manifests():
@@ -56,6 +61,7 @@ def manifests():
 MANIFESTS = list(manifests())
 WASM_PLUGINS = [param for param in MANIFESTS if param.values[0].get("kind") == "WasmPlugin"]
 DESTINATION_RULES = [param for param in MANIFESTS if param.values[0].get("kind") == "DestinationRule"]
+AUTHORIZATION_POLICIES = [param for param in MANIFESTS if param.values[0].get("kind") == "AuthorizationPolicy"]
 
 
 def schema_not_loaded(reason):
@@ -129,6 +135,7 @@ def test_there_are_sidecar_and_gateway_manifests():
     types = [param.values[0]["spec"].get("type") for param in WASM_PLUGINS]
     assert types.count("HTTP") >= 3 and types.count("NETWORK") >= 3
     assert DESTINATION_RULES
+    assert AUTHORIZATION_POLICIES
 
 
 @pytest.mark.parametrize("doc", MANIFESTS)
@@ -140,6 +147,8 @@ def test_manifest_validates_against_the_istio_schema(doc):
     assert not violations, "\n".join(violations)
     if doc["kind"] == "WasmPlugin":
         check_cel_rules(doc["spec"])
+    elif doc["kind"] == "AuthorizationPolicy":
+        check_authorization_policy_cel_rules(doc["spec"])
     else:
         check_destination_rule_cel_rules(doc["spec"])
 
@@ -329,3 +338,88 @@ def test_the_filter_check_catches_a_bad_plugin_config():
     ok, output = envoy_accepts(bad)
     assert not ok
     assert "field `xff_mode`" in output
+
+
+def test_the_schema_check_catches_a_bad_authorization_policy():
+    """The AuthorizationPolicy schema is really applied: each of these breaks
+    it in one place."""
+    good = AUTHORIZATION_POLICIES[0].values[0]
+    breakages = {
+        "/spec/action": lambda spec: spec.update(action="PERMIT"),
+        "/spec/rules/0/from/0/source/principals": lambda spec: spec["rules"][0]["from"][0]["source"].update(principals="x"),
+        "/spec/selector/matchLabels/app": lambda spec: spec["selector"]["matchLabels"].update(app=7),
+    }
+    docs = []
+    for breakage in breakages.values():
+        doc = copy.deepcopy(good)
+        breakage(doc["spec"])
+        docs.append(doc)
+    assert schema_violations(good) == [[]]
+    for path, violations in zip(breakages, schema_violations(*docs)):
+        assert any(v.startswith(path + " ") for v in violations), (path, violations)
+    with pytest.raises(AssertionError, match="only one of targetRefs or selector"):
+        check_authorization_policy_cel_rules(dict(good["spec"], targetRefs=[{"kind": "Service", "group": "", "name": "h"}]))
+
+
+def check_authorization_policy_cel_rules(spec):
+    """The AuthorizationPolicy CRD's x-kubernetes-validations, by hand."""
+    chosen = sum(key in spec for key in ("selector", "targetRef", "targetRefs"))
+    assert chosen <= 1, "only one of targetRefs or selector can be set"
+    for key, value in spec.get("selector", {}).get("matchLabels", {}).items():
+        assert key and "*" not in key and "*" not in value, "no wildcards or empty keys in labels"
+    for rule in spec.get("rules", []):
+        for source in rule.get("from", []):
+            for side in ("source", "notSource"):
+                fields = source.get(side, {})
+                assert not (fields.get("serviceAccounts") or fields.get("notServiceAccounts")) or not (
+                    fields.get("namespaces") or fields.get("notNamespaces")), "Cannot set serviceAccounts with namespaces"
+    for ref in [spec.get("targetRef")] + spec.get("targetRefs", []):
+        assert ref is None or not ref.get("namespace"), "cross namespace referencing is not supported"
+
+
+def waypoint_plugins():
+    return [param.values[0] for param in WASM_PLUGINS
+            if param.id.split(":")[0] in {"waypoint.yaml", "waypoint-service.yaml"}]
+
+
+def test_the_waypoint_plugins_run_alone_on_the_waypoint_and_trust_the_ingress_gateway():
+    """One HTTP plugin per attachment, no NETWORK companion (Istio runs none
+    on a waypoint's HTTP chains), attached to the waypoint's Gateway or to a
+    Service, trusting the ingress gateway's principal, at the first phase."""
+    plugins = waypoint_plugins()
+    assert len(plugins) == 2
+    targets = set()
+    for plugin in plugins:
+        spec = plugin["spec"]
+        assert spec["type"] == "HTTP" and spec["pluginName"] == "client_ip"
+        assert spec["phase"] == "AUTHN" and spec["failStrategy"] == "FAIL_CLOSE"
+        assert "selector" not in spec and "match" not in spec
+        [ref] = spec["targetRefs"]
+        targets.add((ref["group"], ref["kind"]))
+        assert spec["pluginConfig"]["trusted_identities"] == [GATEWAY_PRINCIPAL]
+        assert "trusted_proxies" not in spec["pluginConfig"] and "trusted_hops" not in spec["pluginConfig"]
+    assert targets == {("gateway.networking.k8s.io", "Gateway"), ("", "Service")}
+
+
+def test_the_waypoint_authorization_policy_admits_the_waypoint_alone():
+    """httpbin's pods take traffic from the waypoint's identity and nothing
+    else (an L4 rule ztunnel enforces), the identity the local mesh's
+    httpbin-ambient ztunnel admits too."""
+    [policy] = [param.values[0] for param in AUTHORIZATION_POLICIES
+                if param.id.split(":")[0] == "waypoint-authorizationpolicy.yaml"]
+    spec = policy["spec"]
+    assert spec["action"] == "ALLOW"
+    assert spec["selector"]["matchLabels"] == {"app": "httpbin"}
+    [rule] = spec["rules"]
+    assert set(rule) == {"from"}, "an L4 rule: no `to` or `when`, which ztunnel could not enforce"
+    [source] = rule["from"]
+    waypoint = [ref["name"] for plugin in waypoint_plugins() for ref in plugin["spec"]["targetRefs"]
+                if ref["kind"] == "Gateway"]
+    assert source == {"source": {"principals": [f"cluster.local/ns/{policy['metadata']['namespace']}/sa/{waypoint[0]}"]}}
+    ztunnel = yaml.safe_load((REPO / "envoy-test/configs/ztunnel.yaml").read_text())
+    [inbound] = [listener for listener in ztunnel["static_resources"]["listeners"] if listener["name"] == "ztunnel_inbound"]
+    rbac = next(f for f in inbound["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]
+                if f["name"] == "envoy.filters.http.rbac")
+    [admitted] = [p["authenticated"]["principal_name"]["exact"]
+                  for policy in rbac["typed_config"]["rules"]["policies"].values() for p in policy["principals"]]
+    assert admitted == "spiffe://" + source["source"]["principals"][0]
