@@ -999,3 +999,108 @@ fn every_envoy_config_in_the_repo_validates() {
         lb.display()
     );
 }
+
+/// The README's ambient walkthrough on `make run`'s ambient part: httpbin
+/// behind the waypoint without and with client-ip, sleep forging, the
+/// gateway's HBONE, the rogue pod's forged CONNECT and its way around the
+/// waypoint, the counts; and Ctrl-C stops it all.
+#[test]
+fn ambient_walkthrough_behind_the_waypoint() {
+    let mut mesh = Mesh::start();
+    let service =
+        |vip: &str, path: &str| format!("http://{vip}:{}{path}", mesh.port("AMBIENT_SERVICE_PORT"));
+    let forged = ["-H", "X-Forwarded-For: 6.6.6.6", "-H", "X-Real-IP: 6.6.6.6"];
+    let sleep = ["--interface", "127.0.0.20"];
+
+    // Without client-ip (httpbin-ambient-plain): the waypoint, and what
+    // sleep wrote.
+    let before = curl(&with(&[&sleep, &[&service("127.0.0.81", "/ip")]]));
+    assert_eq!(before["origin"], "127.0.0.30");
+    let before = curl(&with(&[
+        &sleep,
+        &forged,
+        &[&service("127.0.0.81", "/headers?show_env=1")],
+    ]));
+    assert_eq!(before["headers"]["X-Real-Ip"], "6.6.6.6");
+
+    // With it: sleep, whatever it writes, over HTTP/1.1 and HTTP/2.
+    let after = curl(&with(&[&sleep, &[&service("127.0.0.80", "/ip")]]));
+    assert_eq!(after["origin"], "127.0.0.20");
+    let after = curl(&with(&[
+        &sleep,
+        &forged,
+        &[&service("127.0.0.80", "/headers?show_env=1")],
+    ]));
+    assert_eq!(after["headers"]["X-Real-Ip"], "127.0.0.20");
+    assert_eq!(after["headers"]["X-Forwarded-For"], "127.0.0.20");
+    let http2 = curl(&with(&[
+        &sleep,
+        &["--http2-prior-knowledge", "-H", "X-Forwarded-For: 6.6.6.6"],
+        &[&service("127.0.0.80", "/ip")],
+    ]));
+    assert_eq!(http2["origin"], "127.0.0.20");
+
+    // Through the gateway, HBONE to the waypoint: the gateway's client.
+    let gateway = format!(
+        "http://127.0.0.1:{}/headers?show_env=1",
+        mesh.port("GATEWAY_AMBIENT_PORT")
+    );
+    let through = curl(&with(&[
+        &["--interface", "127.0.0.77"],
+        &forged,
+        &[&gateway],
+    ]));
+    assert_eq!(through["headers"]["X-Real-Ip"], "127.0.0.77");
+    assert_eq!(through["headers"]["X-Forwarded-For"], "127.0.0.77");
+    mesh.wait_for_access_log(|entry| {
+        entry["proxy"] == "waypoint:main_internal"
+            && entry["client_ip"] == "127.0.0.77"
+            && entry["peer_principal"] == GATEWAY_IDENTITY
+    });
+
+    // The rogue: its own client through ztunnel; no client at all with
+    // X-Forwarded-For on its own CONNECT; refused around the waypoint.
+    let rogue = curl(&with(&[
+        &["--interface", "127.0.0.101"],
+        &forged,
+        &[&service("127.0.0.80", "/headers?show_env=1")],
+    ]));
+    assert_eq!(rogue["headers"]["X-Real-Ip"], "127.0.0.101");
+    let forged_connect = curl(&with(&[
+        &forged,
+        &[&format!(
+            "http://127.0.0.1:{}/headers?show_env=1",
+            mesh.port("ROGUE_HBONE_PORT")
+        )],
+    ]));
+    assert!(
+        forged_connect["headers"].get("X-Real-Ip").is_none()
+            && forged_connect["headers"].get("X-Forwarded-For").is_none(),
+        "{forged_connect}"
+    );
+    let around = run_curl(&[&format!(
+        "http://127.0.0.1:{}/ip",
+        mesh.port("ROGUE_HBONE_TO_POD_PORT")
+    )]);
+    assert!(!around.status.success(), "{around:?}");
+    mesh.wait_for_access_log(|entry| {
+        entry["proxy"] == "ztunnel:inbound" && entry["response_code"] == 403
+    });
+
+    // The waypoint's counts: 6 requests on httpbin-ambient, 1 from the
+    // gateway by its identity, 1 forged CONNECT.
+    let count = |name: &str, at_least: u64| {
+        mesh.wait_for_stat(
+            "WAYPOINT_ADMIN_PORT",
+            &format!("wasmcustom.client_ip.{name}"),
+            at_least,
+        )
+    };
+    assert_eq!(count("requests", 6), 6);
+    assert_eq!(count("peer_trusted_by_identity", 1), 1);
+    assert_eq!(count("peer_forged_on_connect", 1), 1);
+    assert_eq!(count("peer_unknown", 1), 1);
+
+    let status = mesh.interrupt();
+    assert!(status.success(), "{status:?}");
+}
