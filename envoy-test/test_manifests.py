@@ -383,7 +383,7 @@ def waypoint_plugins():
 
 
 def test_the_waypoint_plugins_run_alone_on_the_waypoint_and_trust_the_ingress_gateway():
-    """One HTTP plugin per attachment, no NETWORK companion (Istio runs none
+    """One HTTP plugin per attachment, no NETWORK peer filter (Istio runs none
     on a waypoint's HTTP chains), attached to the waypoint's Gateway or to a
     Service, trusting the ingress gateway's principal, at the first phase."""
     plugins = waypoint_plugins()

@@ -314,7 +314,7 @@ fn without_the_network_filter() {
         1
     );
 
-    // At a gateway (use_remote_address: true) the HTTP root alone sees the
+    // At a gateway (use_remote_address: true) the HTTP filter alone sees the
     // true peer, and Envoy's own append is neither repeated nor counted as a hop.
     let via_gateway = Request::get("/ip")
         .from("127.0.0.61")
