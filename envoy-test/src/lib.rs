@@ -593,7 +593,7 @@ impl Envoy {
     ) -> Result<Envoy, StartFailure> {
         let config_path = dir.join("envoy.json");
         fs::write(&config_path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
-        Envoy::try_start_file(config_path, dir, workers)
+        Envoy::try_start_file(config_path, dir, workers, args)
     }
 
     /// Starts Envoy with a bootstrap in YAML, as `envoy-test/configs/` has them.
@@ -604,13 +604,14 @@ impl Envoy {
     ) -> Result<Envoy, StartFailure> {
         let config_path = dir.join("envoy.yaml");
         fs::write(&config_path, yaml).unwrap();
-        Envoy::try_start_file(config_path, dir, workers)
+        Envoy::try_start_file(config_path, dir, workers, &[])
     }
 
     fn try_start_file(
         config_path: PathBuf,
         dir: PathBuf,
         workers: u32,
+        args: &[&str],
     ) -> Result<Envoy, StartFailure> {
         let admin_path = dir.join("admin.address");
         let log_path = dir.join("envoy.log");

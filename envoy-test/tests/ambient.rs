@@ -121,6 +121,8 @@ struct Ambient {
     gateway: Envoy,
     ports: Ports,
     _pki: ScratchDir,
+    /// The application; stopped when the mesh is dropped, after the Envoys.
+    _app: Upstream,
 }
 
 impl Ambient {
@@ -158,6 +160,7 @@ impl Ambient {
             gateway,
             ports,
             _pki: pki,
+            _app: app,
         }
     }
 
@@ -177,7 +180,8 @@ impl Ambient {
     }
 
     /// A counter of client-ip on the waypoint, once the filter has published
-    /// it (once a second), `at_least` or what it holds after 10 s.
+    /// it (once a second) and it reached `at_least`; the harness fails the
+    /// test if it does not within 10 s.
     fn counter(&self, name: &str, at_least: u64) -> u64 {
         self.waypoint
             .counter_reaching(&format!("wasmcustom.client_ip.{name}"), at_least)
