@@ -154,7 +154,7 @@ endif
 # build/fuzz/; the seeds in fuzz/corpus/ are only read. A crash fails the
 # run and leaves its input in build/fuzz/artifacts/.
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := forwarded_entry forwarded_header plugin_config resolution peer_identity access_lists waypoint_record
+FUZZ_TARGETS := forwarded_entry forwarded_header plugin_config resolution peer_identity access_lists waypoint_record filter_state_arguments
 fuzz:
 	@rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
 	@cargo +nightly fuzz --version >/dev/null 2>&1 || cargo +nightly install --quiet cargo-fuzz
