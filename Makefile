@@ -90,8 +90,9 @@ test-envoy: $(MODULE) deps-venv
 	ENVOY_BIN=$(abspath $(ENVOY)) PLUGIN_WASM=$(abspath $(MODULE)) \
 	  cargo test --locked -p envoy-test -- --test-threads 2
 
-# wasmplugin/ against Istio's schemas (WasmPlugin, DestinationRule) and real
-# Envoy. The schemas are npm's @kubernetes-models/istio, pinned in
+# wasmplugin/ against Istio's schemas (WasmPlugin, DestinationRule,
+# EnvoyFilter) and real Envoy, the EnvoyFilters' RBAC and rate limit run
+# after the module. The schemas are npm's @kubernetes-models/istio, pinned in
 # envoy-test/istio-schema/package-lock.json and installed there (npm ci,
 # Node.js and npm from Debian when missing) the first time: generated from
 # Istio 1.29.2's CRDs, its WasmPlugin schema is the one Istio 1.27 to 1.30
