@@ -91,8 +91,12 @@ MODULE_FEATURES_CONFIG = json.dumps({
 })
 # The two per-request extras a user can opt into, each one host call.
 MODULE_OPT_INS_CONFIG = json.dumps({"publish_filter_state": True, "count_forged_headers": True})
+# The client as Envoy's typed filter state envoy.network.ip: one foreign
+# function call per request.
+MODULE_IP_FILTER_STATE_CONFIG = json.dumps({"publish_ip_filter_state": True})
 FEATURE_FIELDS = ("trusted_identities", "trusted_proxies", "trusted_hops", "allow_clients", "deny_clients",
-                  "client_ip_source", "access_dry_run", "publish_filter_state", "count_forged_headers")
+                  "client_ip_source", "access_dry_run", "publish_filter_state", "count_forged_headers",
+                  "publish_ip_filter_state")
 
 # The hand-written modules: chain -> (module, plugin configuration).
 WAT = {
@@ -130,6 +134,7 @@ CHAINS = [
     ("module", "client-ip, both roots (documented deployment)"),
     ("module_features", "client-ip, both roots, newer features configured"),
     ("module_opt_ins", "client-ip, both roots, filter state and forged-header count on"),
+    ("module_ip_filter_state", "client-ip, both roots, envoy.network.ip published"),
     ("http_root", "client-ip, HTTP root alone"),
     ("http_root_quiet", "client-ip, HTTP root alone, writing no header"),
     ("waypoint_none", "waypoint: main_internal without a filter"),
@@ -141,7 +146,8 @@ CHAINS = [
       if COMPARE_MODULE else []),
 ]
 LABELS = dict(CHAINS)
-CLIENT_IP_CHAINS = ("module", "module_features", "module_opt_ins", "http_root", "http_root_quiet",
+CLIENT_IP_CHAINS = ("module", "module_features", "module_opt_ins", "module_ip_filter_state", "http_root",
+                    "http_root_quiet",
                     *(("module_compare",) if COMPARE_MODULE else ()))
 # Chains doing the job, whose added cost is shown as a multiple of the floor's.
 JOB_CHAINS = ("lua", "job_floor", *CLIENT_IP_CHAINS)
@@ -218,13 +224,14 @@ def chain_listener(chain, port, compiled):
             "http_root_quiet": '{"client_ip_header": "", "xff_mode": "preserve"}',
             "module_features": MODULE_FEATURES_CONFIG,
             "module_opt_ins": MODULE_OPT_INS_CONFIG,
+            "module_ip_filter_state": MODULE_IP_FILTER_STATE_CONFIG,
             "module_compare": MODULE_DEFAULT_CONFIG,
         }[chain]
         # The client-ip chains share one VM, as the roots of one module do;
         # the other build gets its own.
         module, vm_id = (COMPARE_MODULE, "client_ip_compare") if chain == "module_compare" else (MODULE, "client_ip")
         http_filters.append(wasm_http_filter(wasm_config(chain, "client_ip", vm_id, module, plugin_config)))
-    if chain in ("module", "module_features", "module_opt_ins", "module_compare"):
+    if chain in ("module", "module_features", "module_opt_ins", "module_ip_filter_state", "module_compare"):
         network_filters.append({"name": "envoy.filters.network.wasm", "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.network.wasm.v3.Wasm",
             "config": wasm_config(f"{chain}_peer", "client_ip_peer", vm_id, module)}})
@@ -702,7 +709,8 @@ def write_report(args, chains, workloads, results, rounds, memory):
         f"features chain configures `{MODULE_FEATURES_CONFIG}` (the peer, `127.0.0.1` in plaintext, is trusted by "
         "none of them, so per request this adds the read of its identity, absent in plaintext, and address lookups; "
         "`Forwarded` is never read); the opt-ins chain configures "
-        f"`{MODULE_OPT_INS_CONFIG}`, one more host call each per request",
+        f"`{MODULE_OPT_INS_CONFIG}`, one more host call each per request; the envoy.network.ip chain configures "
+        f"`{MODULE_IP_FILTER_STATE_CONFIG}`, one foreign function call (`set_envoy_filter_state`) per request",
         "- client-ip, HTTP root alone: without the network root's record, and with `X-Forwarded-For` present, the "
         "peer cannot be known on these listeners (Envoy's `source.address` is the header's entry, port 0), so these "
         "chains measure that path: the client is unknown and `x-real-ip` is removed, not written",
