@@ -356,7 +356,17 @@ fn local_rate_limit_limits_one_client_while_another_is_served_at_the_same_time()
 
 #[test]
 fn the_access_log_shows_the_filter_state_beside_the_client_header() {
-    let envoy = start(sidecar(), Vec::new());
+    // client-ip's own deny list too: a request it denies is published, so
+    // its log line names the client.
+    let envoy = start(
+        Listener::sidecar(
+            "sidecar",
+            &format!(
+                r#"{{"trusted_proxies":["{GATEWAY}"],"publish_ip_filter_state":true,"deny_clients":["127.0.0.66"]}}"#
+            ),
+        ),
+        Vec::new(),
+    );
     let sidecar = envoy.listener("sidecar");
     through_gateway("/v4", "192.0.2.1").send(sidecar).received();
     through_gateway("/v6", "2001:db8::1")
@@ -367,15 +377,22 @@ fn the_access_log_shows_the_filter_state_beside_the_client_header() {
         .header("X-Real-IP", "192.0.2.66")
         .send(sidecar)
         .received();
+    let denied = Request::get("/denied").from("127.0.0.66").send(sidecar);
+    assert_eq!(denied.status, 403);
     for (path, filter_state, header) in [
         ("/v4", "192.0.2.1:0", "192.0.2.1"),
         ("/v6", "[2001:db8::1]:0", "2001:db8::1"),
         ("/direct", "127.0.0.7:0", "127.0.0.7"),
+        ("/denied", "127.0.0.66:0", "127.0.0.66"),
     ] {
         let entry = log_entry(&envoy, path);
         assert_eq!(entry["envoy_network_ip"], filter_state, "{path}");
         assert_eq!(entry["x_real_ip"], header, "{path}");
     }
+    assert_eq!(
+        log_entry(&envoy, "/denied")["response_code_details"],
+        "client_ip_denied"
+    );
     envoy.assert_no_vm_crash();
 }
 
