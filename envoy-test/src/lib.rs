@@ -575,6 +575,12 @@ impl Envoy {
         Ok(envoy)
     }
 
+    /// Makes `upstream` live as long as this Envoy, stopped after it.
+    pub fn owning(mut self, upstream: Upstream) -> Envoy {
+        self.upstream = Some(upstream);
+        self
+    }
+
     /// Starts Envoy with a ready-made bootstrap.
     pub fn try_start_with(
         config: Value,

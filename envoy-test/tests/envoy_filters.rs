@@ -37,12 +37,14 @@ fn start(listener: Listener, filters: Vec<Value>) -> Envoy {
     let format = &mut hcm["access_log"][0]["typed_config"]["log_format"]["json_format"];
     format["envoy_network_ip"] = json!("%FILTER_STATE(envoy.network.ip:PLAIN)%");
     format["rbac"] = json!("%DYNAMIC_METADATA(envoy.filters.http.rbac)%");
-    Envoy::try_start_with(config, dir, 2).unwrap_or_else(|failure| {
-        panic!(
-            "Envoy did not start (exit {:?}):\n{}",
-            failure.exit_code, failure.log
-        )
-    })
+    Envoy::try_start_with(config, dir, 2)
+        .unwrap_or_else(|failure| {
+            panic!(
+                "Envoy did not start (exit {:?}):\n{}",
+                failure.exit_code, failure.log
+            )
+        })
+        .owning(upstream)
 }
 
 /// A sidecar listener (both roots) that trusts the gateway and publishes the
