@@ -76,27 +76,30 @@ fn plugin_config_changes_under_load() {
     // Load: an untrusted-at-first peer naming another client, without pause.
     let outcomes = Arc::new(Mutex::new(Outcomes::default()));
     let stop = Arc::new(AtomicBool::new(false));
-    let load = {
-        let (outcomes, stop) = (Arc::clone(&outcomes), Arc::clone(&stop));
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                let result = Request::get("/reload")
-                    .from(CLIENT)
-                    .header("x-forwarded-for", NAMED)
-                    .try_send(address);
-                let mut outcomes = outcomes.lock().unwrap();
-                match result {
-                    Ok(response) if response.status == 200 => {
-                        let client = response.received().one("x-real-ip").to_owned();
-                        outcomes.clients.push(client);
+    let load = LoadThread {
+        stop: Arc::clone(&stop),
+        handle: Some({
+            let (outcomes, stop) = (Arc::clone(&outcomes), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let result = Request::get("/reload")
+                        .from(CLIENT)
+                        .header("x-forwarded-for", NAMED)
+                        .try_send(address);
+                    let mut outcomes = outcomes.lock().unwrap();
+                    match result {
+                        Ok(response) if response.status == 200 => {
+                            let client = response.received().one("x-real-ip").to_owned();
+                            outcomes.clients.push(client);
+                        }
+                        Ok(response) => outcomes
+                            .failures
+                            .push(format!("{}: {}", response.status, response.body)),
+                        Err(error) => outcomes.failures.push(error.to_string()),
                     }
-                    Ok(response) => outcomes
-                        .failures
-                        .push(format!("{}: {}", response.status, response.body)),
-                    Err(error) => outcomes.failures.push(error.to_string()),
                 }
-            }
-        })
+            })
+        }),
     };
     let answered = |outcomes: &Arc<Mutex<Outcomes>>| outcomes.lock().unwrap().clients.len();
     wait_until(
@@ -154,8 +157,7 @@ fn plugin_config_changes_under_load() {
         || (answered(&outcomes) >= after_missing + 50).then_some(()),
     );
 
-    stop.store(true, Ordering::Relaxed);
-    load.join().unwrap();
+    drop(load);
     let outcomes = outcomes.lock().unwrap();
     assert!(
         outcomes.failures.is_empty(),
@@ -172,4 +174,23 @@ fn plugin_config_changes_under_load() {
         first_new,
         outcomes.clients.len() - first_new
     );
+}
+
+/// The load thread, stopped and joined on every path out of the test, a
+/// failed assertion included.
+struct LoadThread {
+    stop: Arc<AtomicBool>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for LoadThread {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(handle) = self.handle.take() {
+            let joined = handle.join();
+            if !std::thread::panicking() {
+                joined.expect("the load thread panicked");
+            }
+        }
+    }
 }
