@@ -115,8 +115,9 @@ test-envoy: $(MODULE) deps-venv
 	ENVOY_BIN=$(abspath $(ENVOY)) PLUGIN_WASM=$(abspath $(MODULE)) \
 	  cargo test --locked -p envoy-test -- --test-threads 2
 
-# wasmplugin/ against Istio's schemas (WasmPlugin, DestinationRule) and real
-# Envoy. The schemas are npm's @kubernetes-models/istio, pinned in
+# wasmplugin/ against Istio's schemas (WasmPlugin, DestinationRule,
+# EnvoyFilter) and real Envoy, the EnvoyFilters' RBAC and rate limit run
+# after the module. The schemas are npm's @kubernetes-models/istio, pinned in
 # envoy-test/istio-schema/package-lock.json and installed there (npm ci,
 # Node.js and npm from Debian when missing) the first time: generated from
 # Istio 1.29.2's CRDs, its WasmPlugin schema is the one Istio 1.27 to 1.30
@@ -187,7 +188,7 @@ endif
 # build/fuzz/; the seeds in fuzz/corpus/ are only read. A crash fails the
 # run and leaves its input in build/fuzz/artifacts/.
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := forwarded_entry forwarded_header plugin_config resolution peer_identity access_lists waypoint_record
+FUZZ_TARGETS := forwarded_entry forwarded_header plugin_config resolution peer_identity access_lists waypoint_record filter_state_arguments
 fuzz:
 	@rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
 	@cargo +nightly fuzz --version >/dev/null 2>&1 || cargo +nightly install --quiet cargo-fuzz

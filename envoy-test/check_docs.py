@@ -39,8 +39,6 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 # counts as resolved while the file is absent (its anchors cannot be checked
 # until it exists). Remove each entry once its file is in docs/.
 PENDING_FILES = {
-    "docs/ambient.md",  # Ambient mode
-    "docs/envoy-filters.md",  # Use the client in Envoy's own filters
     "docs/check.md",  # Check before you ship
 }
 

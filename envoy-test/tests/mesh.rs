@@ -10,7 +10,8 @@
 //! stops `make run`, SIGINT to the whole group, and on every other way out the
 //! whole group is killed, so no Envoy or gunicorn outlives a test.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::fmt;
 use std::io::{self, BufRead, BufReader};
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
@@ -19,10 +20,10 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use envoy_test::{envoy_bin, module_path, repo_root};
+use envoy_test::{envoy_bin, module_path, repo_root, wait_until, Lazy};
 use serde_json::Value;
 
-const PORT_VARS: [&str; 17] = [
+const PORT_VARS: [&str; 25] = [
     "APP_PORT",
     "APP2_PORT",
     "SIDECAR_MTLS_PORT",
@@ -40,6 +41,14 @@ const PORT_VARS: [&str; 17] = [
     "GATEWAY_PLAIN_HTTPS_PORT",
     "GATEWAY_ADMIN_PORT",
     "LB_PORT",
+    "HBONE_PORT",
+    "AMBIENT_SERVICE_PORT",
+    "AMBIENT_APP_PORT",
+    "ROGUE_HBONE_PORT",
+    "ROGUE_HBONE_TO_POD_PORT",
+    "WAYPOINT_ADMIN_PORT",
+    "ZTUNNEL_ADMIN_PORT",
+    "GATEWAY_AMBIENT_PORT",
 ];
 
 /// A directory under the system temp dir, removed however the test ends.
@@ -268,27 +277,43 @@ impl Mesh {
     /// Waits (up to 10 s: the filter hands its counts to Envoy once a second
     /// per worker) until the counter reaches `at_least`, and returns it.
     fn wait_for_counter(&self, name: &str, at_least: u64) -> u64 {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let value = self.sidecar_counter(name);
-            if value >= at_least || Instant::now() > deadline {
-                return value;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        let last = Cell::new(None);
+        wait_until(
+            Duration::from_secs(10),
+            Lazy(|f: &mut fmt::Formatter<'_>| {
+                let last = last.get();
+                write!(
+                    f,
+                    "the sidecars' {name} to reach {at_least} (last {last:?})"
+                )
+            }),
+            || {
+                let value = self.sidecar_counter(name);
+                last.set(Some(value));
+                (value >= at_least).then_some(value)
+            },
+        )
     }
 
     /// Waits (up to 10 s) until a stat of the Envoy at `admin_var` reaches
     /// `at_least`, and returns it.
     fn wait_for_stat(&self, admin_var: &str, name: &str, at_least: u64) -> u64 {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let value = self.stat(admin_var, name);
-            if value >= at_least || Instant::now() > deadline {
-                return value;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let last = Cell::new(None);
+        wait_until(
+            Duration::from_secs(10),
+            Lazy(|f: &mut fmt::Formatter<'_>| {
+                let last = last.get();
+                write!(
+                    f,
+                    "{name} at {admin_var} to reach {at_least} (last {last:?})"
+                )
+            }),
+            || {
+                let value = self.stat(admin_var, name);
+                last.set(Some(value));
+                (value >= at_least).then_some(value)
+            },
+        )
     }
 
     fn url(&self, var: &str, path: &str) -> String {
@@ -311,15 +336,17 @@ impl Mesh {
         );
         self.wait_for_line("mesh: stopped", Duration::from_secs(30));
         let status = self.child.take().unwrap().wait().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while signal_group(pgid, 0) {
-            assert!(
-                Instant::now() < deadline,
-                "still running 30 s after Ctrl-C:\n{}",
-                group_members(pgid).join("\n")
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_until(
+            Duration::from_secs(30),
+            Lazy(|f: &mut fmt::Formatter<'_>| {
+                let left = group_members(pgid).join("\n");
+                write!(
+                    f,
+                    "every process to end after Ctrl-C; still running:\n{left}"
+                )
+            }),
+            || (!signal_group(pgid, 0)).then_some(()),
+        );
         self.pgid = None;
         status
     }
@@ -997,7 +1024,7 @@ const LOOPBACK: &[&str] = &[
 /// they follow, and the variable that moves each (the top of
 /// envoy-test/mesh.sh). A port of another address goes in with that address
 /// (`&["127.0.0.80:"]`).
-const DOC_PORTS: [(&[&str], u16, &str); 17] = [
+const DOC_PORTS: [(&[&str], u16, &str); 25] = [
     (LOOPBACK, 8000, "APP_PORT"),
     (LOOPBACK, 8001, "APP2_PORT"),
     (LOOPBACK, 15006, "SIDECAR_MTLS_PORT"),
@@ -1015,6 +1042,18 @@ const DOC_PORTS: [(&[&str], u16, &str); 17] = [
     (LOOPBACK, 20443, "GATEWAY_PLAIN_HTTPS_PORT"),
     (LOOPBACK, 15080, "GATEWAY_ADMIN_PORT"),
     (LOOPBACK, 8080, "LB_PORT"),
+    (&["127.0.0.30:", "127.0.0.40:"], 15008, "HBONE_PORT"),
+    (
+        &["127.0.0.80:", "127.0.0.81:"],
+        8000,
+        "AMBIENT_SERVICE_PORT",
+    ),
+    (&["127.0.0.40:"], 8080, "AMBIENT_APP_PORT"),
+    (LOOPBACK, 15209, "ROGUE_HBONE_PORT"),
+    (LOOPBACK, 15210, "ROGUE_HBONE_TO_POD_PORT"),
+    (LOOPBACK, 15030, "WAYPOINT_ADMIN_PORT"),
+    (LOOPBACK, 15020, "ZTUNNEL_ADMIN_PORT"),
+    (LOOPBACK, 10082, "GATEWAY_AMBIENT_PORT"),
 ];
 
 /// The walkthrough as the doc has it.
@@ -1164,16 +1203,16 @@ fn docs_local_mesh_md_runs_as_shown() {
     let doc = std::fs::read_to_string(repo_root().join(WALKTHROUGH)).unwrap();
     let (steps, logged) = doc_steps(&doc);
     assert!(
-        logged.len() >= 10,
+        logged.len() >= 20,
         "{WALKTHROUGH}: only {} log lines",
         logged.len()
     );
     assert!(
-        steps.len() >= 25,
+        steps.len() >= 40,
         "{WALKTHROUGH}: only {} commands",
         steps.len()
     );
-    let mesh = Mesh::start();
+    let mut mesh = Mesh::start();
     // Every curl of the doc gives up after 10 s rather than hang the test.
     let curl_home = mesh.run_dir.path().join("curl-home");
     std::fs::create_dir_all(&curl_home).unwrap();
@@ -1181,25 +1220,29 @@ fn docs_local_mesh_md_runs_as_shown() {
     for step in &steps {
         let command = mesh.doc_text(&step.command);
         // A port the table does not know would reach whatever listens there
-        // (a `make run` of the reader's own, say), not this mesh.
-        for (at, _) in command.match_indices("127.0.0.1:") {
-            let port: String = command[at + "127.0.0.1:".len()..]
-                .chars()
-                .take_while(char::is_ascii_digit)
-                .collect();
-            assert!(
-                mesh.ports.iter().any(|(_, p)| p.to_string() == port),
-                "{WALKTHROUGH}:{}: port {port} is not in DOC_PORTS: `{}`",
-                step.line,
-                step.command
-            );
+        // (a `make run` of the reader's own, say), not this mesh: on
+        // 127.0.0.1 and on each address of the ambient part.
+        let addresses = DOC_PORTS
+            .iter()
+            .flat_map(|(after, _, _)| after.iter())
+            .filter(|after| after.starts_with("127."));
+        for address in addresses {
+            for (at, _) in command.match_indices(address) {
+                let port: String = command[at + address.len()..]
+                    .chars()
+                    .take_while(char::is_ascii_digit)
+                    .collect();
+                assert!(
+                    mesh.ports.iter().any(|(_, p)| p.to_string() == port),
+                    "{WALKTHROUGH}:{}: port {port} of {address} is not in DOC_PORTS: `{}`",
+                    step.line,
+                    step.command
+                );
+            }
         }
         let expected = comparable(&mesh.doc_text(&step.output.join("\n")));
         let fails = expected.len() == 1 && expected[0].starts_with("curl: (");
-        // Counters reach /stats once a second: poll those, run the rest once.
-        let polled = command.contains("/stats");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
+        let run = || {
             let output = Command::new("bash")
                 .arg("-c")
                 .arg(&command)
@@ -1208,24 +1251,38 @@ fn docs_local_mesh_md_runs_as_shown() {
                 .stdin(Stdio::null())
                 .output()
                 .unwrap();
-            let stdout = String::from_utf8_lossy(&output.stdout);
+            let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
             let stderr = String::from_utf8_lossy(&output.stderr);
             let shown = if fails {
                 !output.status.success() && stdout.is_empty() && stderr.contains("curl: (")
             } else {
                 comparable(&stdout) == expected
             };
-            if shown {
-                break;
-            }
-            assert!(
-                polled && Instant::now() < deadline,
-                "{WALKTHROUGH}:{}: `{command}`\nthe doc shows:\n{}\nit printed ({}):\n{stdout}{stderr}",
+            let printed = format!("it printed ({}):\n{stdout}{stderr}", output.status);
+            (shown, printed)
+        };
+        let unlike = |printed: &str| {
+            format!(
+                "{WALKTHROUGH}:{}: `{command}`\nthe doc shows:\n{}\n{printed}",
                 step.line,
-                expected.join("\n"),
-                output.status
+                expected.join("\n")
+            )
+        };
+        // Counters reach /stats once a second: poll those, run the rest once.
+        if command.contains("/stats") {
+            let last = RefCell::new(String::new());
+            wait_until(
+                Duration::from_secs(10),
+                Lazy(|f: &mut fmt::Formatter<'_>| f.write_str(&unlike(&last.borrow()))),
+                || {
+                    let (shown, printed) = run();
+                    *last.borrow_mut() = printed;
+                    shown.then_some(())
+                },
             );
-            std::thread::sleep(Duration::from_millis(200));
+        } else {
+            let (shown, printed) = run();
+            assert!(shown, "{}", unlike(&printed));
         }
     }
     // The access-log lines the doc shows, among those the mesh printed.
@@ -1236,4 +1293,7 @@ fn docs_local_mesh_md_runs_as_shown() {
         eprintln!("{WALKTHROUGH}:{line}: looking for {shown}");
         mesh.wait_for_access_log(|entry| logged_as_shown(&shown, entry, &ports));
     }
+    // And Ctrl-C stops it all, the ambient part's proxies included.
+    let status = mesh.interrupt();
+    assert!(status.success(), "{status:?}");
 }
