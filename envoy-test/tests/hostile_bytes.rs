@@ -3,7 +3,7 @@
 //! one-address source header, and the client header (read by
 //! `count_forged_headers`). HTTP/1.1 lets them through (RFC 9110's obs-text)
 //! and Envoy hands them to the filter as they came. Each such entry is
-//! invalid, as the README's rules say: the request is served, the walk ends
+//! invalid, as docs/how-it-works.md's rules say: the request is served, the walk ends
 //! at the nearest verified address, and the same VM (one Envoy worker) goes
 //! on resolving the next request as before.
 
