@@ -27,19 +27,26 @@
 //!
 //! A denied request never reaches the upstream: its status is compared, and
 //! its client header as the access log records it.
+//!
+//! A case with an `identity` runs on a listener with mutual TLS, as a mesh
+//! inbound does: curl presents a certificate from a test mesh CA whose URI
+//! SAN is `spiffe://<identity>`, and the command gets `--identity`.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use envoy_test::{repo_root, Envoy, Listener, Request, ScratchDir};
+use envoy_test::pki::{Identity, Pki};
+use envoy_test::{repo_root, Envoy, Listener, ListenerTls, Request, Response, ScratchDir};
 use serde_json::Value;
 
 struct Case {
     name: String,
     config: String,
     peer: String,
+    identity: Option<String>,
     headers: Vec<(String, String)>,
     client: String,
     decision: String,
@@ -54,6 +61,7 @@ fn cases() -> Vec<Case> {
             name: case["name"].as_str().unwrap().to_owned(),
             config: case["config"].to_string(),
             peer: case["peer"].as_str().unwrap().to_owned(),
+            identity: case["identity"].as_str().map(str::to_owned),
             headers: case["headers"]
                 .as_array()
                 .unwrap()
@@ -105,6 +113,36 @@ fn compared_names(case: &Case) -> Vec<String> {
     names
 }
 
+/// One request over mutual TLS with curl, presenting `client`'s certificate.
+fn send_tls(pki: &Pki, client: &Identity, case: &Case, path: &str, to: SocketAddr) -> Response {
+    let mut command = Command::new("curl");
+    command
+        .args(["-sS", "--max-time", "10", "--http1.1", "--cacert"])
+        .arg(&pki.ca)
+        .args(["--interface", &case.peer])
+        .arg("--cert")
+        .arg(&client.cert)
+        .arg("--key")
+        .arg(&client.key)
+        .args(["-w", "\n%{http_code}"]);
+    for (name, value) in &case.headers {
+        command.args(["-H", &format!("{name}: {value}")]);
+    }
+    let output = command.arg(format!("https://{to}{path}")).output().unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "curl: {}{text}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let (body, status) = text.rsplit_once('\n').unwrap();
+    Response {
+        status: status.parse().unwrap(),
+        body: body.to_owned(),
+        bytes: body.as_bytes().to_vec(),
+    }
+}
+
 fn wait_for_log_entry(envoy: &Envoy, listener: &str, path: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -128,34 +166,58 @@ fn resolve_agrees_with_envoy_on_every_shared_case() {
     let cases = cases();
     assert!(cases.len() >= 15, "the table lost its cases");
     let scratch = ScratchDir::new("resolve-agrees");
-    // One listener per distinct (configuration, address family).
-    let mut listeners: BTreeMap<(String, bool), String> = BTreeMap::new();
+    let pki = Pki::new();
+    let tls = ListenerTls {
+        server: pki.workload("httpbin", "cluster.local/ns/default/sa/httpbin"),
+        ca: pki.ca.clone(),
+        require_client_certificate: true,
+    };
+    let key = |case: &Case| {
+        (
+            case.config.clone(),
+            case.peer.contains(':'),
+            case.identity.is_some(),
+        )
+    };
+    // One listener per distinct (configuration, address family, mTLS).
+    let mut listeners: BTreeMap<(String, bool, bool), String> = BTreeMap::new();
     for case in &cases {
-        let v6 = case.peer.contains(':');
         let next = format!("case{}", listeners.len());
-        listeners.entry((case.config.clone(), v6)).or_insert(next);
+        listeners.entry(key(case)).or_insert(next);
     }
     let envoy = Envoy::start(
         &listeners
             .iter()
-            .map(|((config, v6), name)| {
-                let listener = Listener::sidecar(name, config);
-                match v6 {
-                    true => listener.on("::1"),
-                    false => listener,
+            .map(|((config, v6, mtls), name)| {
+                let mut listener = Listener::sidecar(name, config);
+                if *v6 {
+                    listener = listener.on("::1");
                 }
+                if *mtls {
+                    listener = listener.with_tls(tls.clone());
+                }
+                listener
             })
             .collect::<Vec<_>>(),
     );
     let bin = command_bin();
     for (index, case) in cases.iter().enumerate() {
-        let listener = &listeners[&(case.config.clone(), case.peer.contains(':'))];
+        let listener = &listeners[&key(case)];
         let path = format!("/case/{index}");
-        let mut request = Request::get(&path).from(&case.peer);
-        for (name, value) in &case.headers {
-            request = request.header(name, value);
-        }
-        let response = request.send(envoy.listener(listener));
+        let to = envoy.listener(listener);
+        let response = match &case.identity {
+            Some(identity) => {
+                let client = pki.workload(&format!("client{index}"), identity);
+                send_tls(&pki, &client, case, &path, to)
+            }
+            None => {
+                let mut request = Request::get(&path).from(&case.peer);
+                for (name, value) in &case.headers {
+                    request = request.header(name, value);
+                }
+                request.send(to)
+            }
+        };
 
         let config_file = scratch.path().join(format!("case{index}.json"));
         std::fs::write(&config_file, &case.config).unwrap();
@@ -164,6 +226,9 @@ fn resolve_agrees_with_envoy_on_every_shared_case() {
             .arg("resolve")
             .arg(&config_file)
             .args(["--peer", &case.peer, "--format", "json"]);
+        if let Some(identity) = &case.identity {
+            command.args(["--identity", identity]);
+        }
         for (name, value) in &case.headers {
             command.args(["-H", &format!("{name}: {value}")]);
         }
