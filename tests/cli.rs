@@ -133,7 +133,8 @@ fn risky_trust_warns_and_strict_exits_2() {
     ]);
     assert_eq!(strict.status.code(), Some(2));
     let report: Value = serde_json::from_slice(&strict.stdout).unwrap();
-    let codes: Vec<&str> = report["results"][0]["warnings"]
+    assert_eq!(report["results"][0]["root"], "client_ip_peer");
+    let codes: Vec<&str> = report["results"][1]["warnings"]
         .as_array()
         .unwrap()
         .iter()
@@ -141,6 +142,17 @@ fn risky_trust_warns_and_strict_exits_2() {
         .collect();
     assert_eq!(codes, ["broad-trust", "identity-spans-namespaces"]);
     let scratch = Scratch::new("risky");
+    // The HTTP filter of a sidecar without its peer filter.
+    let alone = std::fs::read_to_string(repo().join("wasmplugin/sidecar.yaml")).unwrap();
+    let http_only = alone.split("\n---\n").nth(1).unwrap();
+    let file = scratch.file("http-only.yaml", http_only);
+    let output = client_ip(&["check", "--strict", &file]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stdout(&output).contains("warning [no-peer-filter]"),
+        "{}",
+        stdout(&output)
+    );
     for (config, deployment, code) in [
         (
             r#"{"trusted_proxies":["0.0.0.0/0"]}"#,
@@ -322,20 +334,21 @@ fn resolve_gives_the_decision_as_json() {
 }
 
 /// Every command in docs/check.md's `console` blocks, run from the
-/// repository root with `client-ip` on the PATH, prints what the page shows.
+/// repository root with `client-ip` on the PATH, prints what the page shows
+/// (stdout and stderr together). `CLIENT_IP_UPDATE_DOCS=1` writes the
+/// outputs into the page instead.
 #[test]
 fn docs_check_md_commands_print_what_the_page_shows() {
-    let page = std::fs::read_to_string(repo().join("docs/check.md")).unwrap();
+    let page_path = repo().join("docs/check.md");
+    let page = std::fs::read_to_string(&page_path).unwrap();
     let bin_dir = Path::new(env!("CARGO_BIN_EXE_client-ip")).parent().unwrap();
     let path = format!(
         "{}:{}",
         bin_dir.display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let mut commands = 0;
-    let mut in_block = false;
-    let mut current: Option<(String, String)> = None;
-    let run = |command: &str, expected: &str| {
+    let update = std::env::var_os("CLIENT_IP_UPDATE_DOCS").is_some();
+    let run = |command: &str| {
         let output = Command::new("bash")
             .arg("-c")
             .arg(format!("exec 2>&1; {command}"))
@@ -343,32 +356,53 @@ fn docs_check_md_commands_print_what_the_page_shows() {
             .current_dir(repo())
             .output()
             .unwrap();
-        assert_eq!(stdout(&output), expected, "docs/check.md: $ {command}");
+        stdout(&output)
+    };
+    // The page as it would be with every output as the command prints it.
+    let mut rewritten = String::new();
+    let mut mismatches = Vec::new();
+    let mut commands = 0;
+    let mut in_block = false;
+    let mut current: Option<(String, String)> = None;
+    let mut finish = |current: &mut Option<(String, String)>, rewritten: &mut String| {
+        if let Some((command, shown)) = current.take() {
+            let printed = run(&command);
+            if printed != shown {
+                mismatches.push(format!(
+                    "$ {command}\n--- the page shows:\n{shown}--- it prints:\n{printed}"
+                ));
+            }
+            rewritten.push_str(&format!("$ {command}\n{printed}"));
+            commands += 1;
+        }
     };
     for line in page.lines() {
-        if line == "```console" {
-            in_block = true;
-            continue;
-        }
         if !in_block {
+            rewritten.push_str(line);
+            rewritten.push('\n');
+            in_block = line == "```console";
             continue;
         }
         if line == "```" {
-            if let Some((command, expected)) = current.take() {
-                run(&command, &expected);
-                commands += 1;
-            }
+            finish(&mut current, &mut rewritten);
+            rewritten.push_str("```\n");
             in_block = false;
         } else if let Some(command) = line.strip_prefix("$ ") {
-            if let Some((command, expected)) = current.take() {
-                run(&command, &expected);
-                commands += 1;
-            }
+            finish(&mut current, &mut rewritten);
             current = Some((command.to_owned(), String::new()));
-        } else if let Some((_, expected)) = current.as_mut() {
-            expected.push_str(line);
-            expected.push('\n');
+        } else if let Some((_, shown)) = current.as_mut() {
+            shown.push_str(line);
+            shown.push('\n');
         }
+    }
+    if update {
+        std::fs::write(&page_path, &rewritten).unwrap();
+    } else {
+        assert!(
+            mismatches.is_empty(),
+            "docs/check.md is out of date (CLIENT_IP_UPDATE_DOCS=1 cargo test --test cli rewrites it):\n{}",
+            mismatches.join("\n")
+        );
     }
     assert!(commands >= 5, "docs/check.md shows {commands} commands");
     // The CI example runs a command the page shows with its output.

@@ -176,6 +176,14 @@ pub struct Report {
 }
 
 pub fn report(found: &[Found]) -> Report {
+    // Where the peer filters attach, to pair each sidecar's HTTP filter with one.
+    let peer_filters: Vec<&(String, String)> = found
+        .iter()
+        .filter_map(|item| match item {
+            Found::Plugin(plugin) if plugin.root == Root::Peer => plugin.attachment.as_ref(),
+            _ => None,
+        })
+        .collect();
     let mut lines = Vec::new();
     let mut results = Vec::new();
     let (mut errors, mut warnings, mut checked) = (0, 0, 0);
@@ -207,7 +215,18 @@ pub fn report(found: &[Found]) -> Report {
                     "deployment_reason": plugin.deployment_reason,
                 });
                 let mut entry = base;
-                match check_plugin(plugin) {
+                let mut outcome = check_plugin(plugin);
+                if let (Outcome::Ok(found), Some(attachment), Some(Deployment::Sidecar)) =
+                    (&mut outcome, &plugin.attachment, plugin.deployment)
+                {
+                    if plugin.root == Root::Http && !peer_filters.contains(&attachment) {
+                        found.push(warning(
+                            "no-peer-filter",
+                            "no client_ip_peer WasmPlugin with the same namespace and selector among the files checked: on a sidecar (use_remote_address: false) a request that carries X-Forwarded-For then hides its peer, which leaves the client unknown unless a trusted identity names one; deploy the pair".to_owned(),
+                        ));
+                    }
+                }
+                match outcome {
                     Outcome::Refused(error) => {
                         errors += 1;
                         lines.push(format!("{head}: error: {error}"));

@@ -62,6 +62,10 @@ pub struct Plugin {
     pub deployment_reason: Option<String>,
     /// The plugin JSON as Envoy receives it.
     pub json: Vec<u8>,
+    /// For a WasmPlugin: its namespace and where it attaches (selector and
+    /// targetRefs, as written), which pair the HTTP filter with its peer
+    /// filter.
+    pub attachment: Option<(String, String)>,
 }
 
 impl Plugin {
@@ -161,6 +165,7 @@ pub fn load_file(path: &Path, deployment: Option<Deployment>, in_directory: bool
             deployment,
             deployment_reason: deployment.map(|_| "--deployment".to_owned()),
             json: bytes,
+            attachment: None,
         }))];
     }
     let text = match String::from_utf8(bytes) {
@@ -283,6 +288,18 @@ fn wasm_plugin(
             (Some(told), Some(reason))
         }
     };
+    let namespace = value
+        .get("metadata")
+        .and_then(|m| m.get("namespace"))
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned();
+    let attached_to = serde_json::json!([
+        spec.get("selector"),
+        spec.get("targetRefs"),
+        spec.get("targetRef")
+    ])
+    .to_string();
     Ok(Found::Plugin(Box::new(Plugin {
         file: file.to_owned(),
         manifest: Some(manifest),
@@ -290,6 +307,7 @@ fn wasm_plugin(
         deployment,
         deployment_reason,
         json,
+        attachment: Some((namespace, attached_to)),
     })))
 }
 
