@@ -419,3 +419,23 @@ fn docs_check_md_commands_print_what_the_page_shows() {
         );
     }
 }
+
+#[test]
+fn a_wasmplugin_written_as_json_is_read_as_a_manifest() {
+    let scratch = Scratch::new("json-manifest");
+    let file = scratch.file(
+        "plugin.json",
+        r#"{"apiVersion":"extensions.istio.io/v1alpha1","kind":"WasmPlugin",
+            "metadata":{"name":"client-ip","namespace":"istio-system"},
+            "spec":{"selector":{"matchLabels":{"istio":"ingressgateway"}},"pluginName":"client_ip",
+                    "pluginConfig":{"trusted_proxies":["10.0.0.0/8"]}}}"#,
+    );
+    let output = client_ip(&["check", "--format", "json", &file]);
+    assert_eq!(output.status.code(), Some(0), "{}", stdout(&output));
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        report["results"][0]["manifest"],
+        "WasmPlugin istio-system/client-ip"
+    );
+    assert_eq!(report["results"][0]["deployment"], "gateway");
+}

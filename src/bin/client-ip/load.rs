@@ -157,7 +157,11 @@ pub fn load_file(path: &Path, deployment: Option<Deployment>, in_directory: bool
             }]
         }
     };
-    if is_json(path) {
+    // A Kubernetes object written as JSON is a manifest, not plugin JSON.
+    let manifest_in_json = is_json(path)
+        && serde_json::from_slice::<Value>(&bytes)
+            .is_ok_and(|v| v.get("apiVersion").is_some() && v.get("kind").is_some());
+    if is_json(path) && !manifest_in_json {
         return vec![Found::Plugin(Box::new(Plugin {
             file,
             manifest: None,
