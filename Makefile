@@ -4,6 +4,7 @@
 #   make test    everything: lint, unit and property tests, wasm32 tests under
 #                Node, the real-Envoy tests, fuzzing, and the docs check
 #   make run     the local mesh demo (docs/local-mesh.md walks through it)
+#   make cli     the client-ip command at target/release/client-ip
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := build
@@ -46,14 +47,14 @@ APT_BENCH := nghttp2-client wabt wrk
 APT_PACKAGES = $(sort $(APT_BUILD) buildah $(APT_VENV) $(APT_TEST_WASM) $(APT_TEST_ENVOY) $(APT_RUN) $(APT_CERTS) $(APT_BENCH))
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: build image push bench fuzz soak run certs test test-fuzz test-unit test-wasm test-envoy test-manifests test-docs lint deps deps-apt deps-venv clean
+.PHONY: build cli image push bench fuzz soak run certs test test-fuzz test-unit test-wasm test-envoy test-manifests test-docs lint deps deps-apt deps-venv clean
 
 build: $(MODULE)
 
 $(MODULE): $(RUST_SOURCES)
 	@$(call apt_install,$(APT_BUILD))
 	rustup target add $(WASM_TARGET) >/dev/null
-	cargo build --release --locked --target $(WASM_TARGET)
+	cargo build --release --locked --target $(WASM_TARGET) --lib
 	mkdir -p build
 	printf '{"name":"%s","export":"%s","root":true}\n' $(foreach e,$(KEEP_EXPORTS),$(e) $(e)) \
 	  | paste -sd, | sed 's/.*/[&]/' > build/exports.json
@@ -61,6 +62,13 @@ $(MODULE): $(RUST_SOURCES)
 	wasm-opt $(WASM_OPT_FLAGS) build/plugin.dce.wasm -o $@
 	rm -f build/plugin.dce.wasm
 	@echo "built $@ ($$(stat -c %s $@) bytes)"
+
+# The client-ip command (check, explain, resolve), native; `cargo install
+# --path .` installs the same.
+CLI := target/release/client-ip
+cli: $(CLI)
+$(CLI): $(RUST_SOURCES)
+	cargo build --release --locked --bin client-ip
 
 # ---------------------------------------------------------------- deps
 deps: deps-apt deps-venv
@@ -110,9 +118,9 @@ test-wasm:
 	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
 	  cargo test --locked -p client-ip --no-default-features --target wasm32-unknown-unknown --test rules
 
-test-envoy: $(MODULE) deps-venv
+test-envoy: $(MODULE) $(CLI) deps-venv
 	@$(call apt_install,$(APT_TEST_ENVOY))
-	ENVOY_BIN=$(abspath $(ENVOY)) PLUGIN_WASM=$(abspath $(MODULE)) \
+	ENVOY_BIN=$(abspath $(ENVOY)) PLUGIN_WASM=$(abspath $(MODULE)) CLIENT_IP_BIN=$(abspath $(CLI)) \
 	  cargo test --locked -p envoy-test -- --test-threads 2
 
 # wasmplugin/ against Istio's schemas (WasmPlugin, DestinationRule,
