@@ -745,10 +745,11 @@ impl Envoy {
         panic!("no listener {name} in {listeners}");
     }
 
-    /// A counter or gauge from /stats, 0 if absent.
+    /// A counter or gauge from /stats by its exact name (cluster names may
+    /// hold `|`), 0 if absent.
     pub fn stat(&self, name: &str) -> u64 {
         let stats = self
-            .admin_get(&format!("/stats?filter=^{}$", name.replace('.', "\\.")))
+            .admin_get(&format!("/stats?filter=^{}$", regex_escaped(name)))
             .expect("admin /stats");
         stats
             .body
@@ -972,6 +973,18 @@ impl Received {
             values => panic!("expected exactly one {name}, got {values:?}"),
         }
     }
+}
+
+/// `name` as a regular expression that matches it alone.
+fn regex_escaped(name: &str) -> String {
+    let mut escaped = String::with_capacity(name.len());
+    for c in name.chars() {
+        if "\\.+*?()|[]{}^$".contains(c) {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
 }
 
 #[cfg(test)]

@@ -16,7 +16,6 @@
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use envoy_test::{
     module_path, repo_root, Envoy, Received, Request, Response, ScratchDir, Upstream,
@@ -192,31 +191,6 @@ impl Ambient {
     }
 }
 
-/// An Envoy stat by its exact name (cluster names hold `|`, which the
-/// harness's regex filter would read as an alternation); 0 when absent.
-fn exact_stat(envoy: &Envoy, name: &str) -> u64 {
-    let stats = envoy.admin_get("/stats").expect("admin /stats");
-    stats
-        .body
-        .lines()
-        .filter_map(|line| line.split_once(": "))
-        .find(|(key, _)| *key == name)
-        .and_then(|(_, value)| value.trim().parse().ok())
-        .unwrap_or(0)
-}
-
-/// Waits (up to 10 s) until an exact stat reaches `at_least`, and returns it.
-fn exact_stat_reaching(envoy: &Envoy, name: &str, at_least: u64) -> u64 {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let value = exact_stat(envoy, name);
-        if value >= at_least || Instant::now() > deadline {
-            return value;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 fn forging(request: Request, address: &str) -> Request {
     request
         .header("X-Forwarded-For", address)
@@ -256,13 +230,16 @@ fn a_pod_behind_the_waypoint_is_seen_and_cannot_forge() {
     }
     // The sources and the Services each path took: sleep's pod connected to
     // the waypoint, and the waypoint chose each Service's chain.
-    assert!(exact_stat(&ambient.ztunnel, "tcp.sleep_outbound.downstream_cx_total") >= 7);
+    assert!(
+        ambient
+            .ztunnel
+            .stat("tcp.sleep_outbound.downstream_cx_total")
+            >= 7
+    );
     assert_eq!(
-        exact_stat_reaching(
-            &ambient.waypoint,
-            &format!("http.{SERVICE_CLUSTER}.downstream_rq_total"),
-            5
-        ),
+        ambient
+            .waypoint
+            .counter_reaching(&format!("http.{SERVICE_CLUSTER}.downstream_rq_total"), 5),
         5
     );
     assert_eq!(ambient.counter("requests", 5), 5);
@@ -350,7 +327,9 @@ fn a_rogue_identity_cannot_forge_on_the_inner_request_nor_on_the_connect() {
         assert_ne!(response.status, 200, "{}", response.body);
     }
     assert_eq!(
-        exact_stat_reaching(&ambient.ztunnel, "http.ztunnel_inbound.rbac.denied", 1),
+        ambient
+            .ztunnel
+            .counter_reaching("http.ztunnel_inbound.rbac.denied", 1),
         1
     );
     assert_eq!(ambient.counter("requests", 4), 4);
@@ -400,8 +379,7 @@ fn http2_inside_the_tunnel_keeps_the_pod() {
     }
     // The waypoint's chain spoke HTTP/2 with sleep, HTTP/1.1 with the app.
     assert_eq!(
-        exact_stat_reaching(
-            &ambient.waypoint,
+        ambient.waypoint.counter_reaching(
             &format!("http.{SERVICE_CLUSTER}.downstream_cx_http2_total"),
             2
         ),
@@ -438,19 +416,17 @@ fn many_clients_share_the_connection_to_the_app_each_with_its_own_client() {
     let requests = expected.len() as u64;
     let cluster = |stat: &str| format!("cluster.{SERVICE_CLUSTER}.{stat}");
     assert_eq!(
-        exact_stat_reaching(&ambient.waypoint, &cluster("upstream_rq_total"), requests),
+        ambient
+            .waypoint
+            .counter_reaching(&cluster("upstream_rq_total"), requests),
         requests
     );
     // One connection from the waypoint to the app carried them all.
+    assert_eq!(ambient.waypoint.stat(&cluster("upstream_cx_total")), 1);
     assert_eq!(
-        exact_stat(&ambient.waypoint, &cluster("upstream_cx_total")),
-        1
-    );
-    assert_eq!(
-        exact_stat(
-            &ambient.ztunnel,
-            "cluster.httpbin_ambient_pod.upstream_cx_total"
-        ),
+        ambient
+            .ztunnel
+            .stat("cluster.httpbin_ambient_pod.upstream_cx_total"),
         1
     );
     assert_eq!(ambient.counter("requests", requests), requests);
