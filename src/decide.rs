@@ -14,7 +14,7 @@ use std::net::IpAddr;
 use crate::access::Decision;
 use crate::address::IpText;
 use crate::config::{ClientIpSource, FilterConfig, XffMode};
-use crate::resolve::{resolve_client_from, Resolution};
+use crate::resolve::{resolve_client_observed, Resolution, Step};
 use crate::rewrite::{forwarded_edit, forwarded_for_edit, strip_envoy_append, HeaderEdit};
 
 /// What a request carries besides its peer, each read at most once and only
@@ -68,6 +68,18 @@ pub fn decide(
     peer: Option<IpAddr>,
     facts: &mut impl RequestFacts,
 ) -> Verdict {
+    decide_observed(config, peer, facts, &mut |_| {})
+}
+
+/// [`decide`], telling `observe` each step of the resolution. The filter
+/// calls [`decide`], whose empty observer the compiler removes; `client-ip
+/// resolve` shows the steps.
+pub fn decide_observed(
+    config: &FilterConfig,
+    peer: Option<IpAddr>,
+    facts: &mut impl RequestFacts,
+    observe: &mut impl FnMut(Step),
+) -> Verdict {
     // X-Forwarded-For is read when it is the source, or to append to it.
     let reads_xff =
         config.source == ClientIpSource::XForwardedFor || config.xff_mode == XffMode::Append;
@@ -83,7 +95,7 @@ pub fn decide(
         _ => None,
     };
     let received_xff = envoy_appended_to.or(seen_xff.as_deref());
-    let resolution = resolve(config, peer, received_xff, facts);
+    let resolution = resolve(config, peer, received_xff, facts, observe);
     let client = resolution.client.map(IpText::new);
     let access = config.access.decide(resolution.client);
 
@@ -136,10 +148,11 @@ fn resolve(
     peer: Option<IpAddr>,
     received_xff: Option<&[u8]>,
     facts: &mut impl RequestFacts,
+    observe: &mut impl FnMut(Step),
 ) -> Resolution {
     // The rules call for the identity, then the source, never both at once.
     let facts = RefCell::new(facts);
-    resolve_client_from(
+    resolve_client_observed(
         &config.trust,
         peer,
         || facts.try_borrow_mut().ok()?.peer_identity(),
@@ -148,5 +161,6 @@ fn resolve(
             ClientIpSource::XForwardedFor => received_xff.map(Cow::Borrowed),
             _ => facts.try_borrow_mut().ok()?.source_header().map(Cow::Owned),
         },
+        observe,
     )
 }

@@ -42,3 +42,7 @@ pub mod trust;
 
 #[cfg(feature = "filter")]
 mod filter;
+/// The filter's stat names (Envoy shows them as `wasmcustom.<name>`), for
+/// `client-ip explain`.
+#[cfg(feature = "filter")]
+pub use filter::{COUNTERS, MEMORY_GAUGE};

@@ -140,6 +140,38 @@ pub fn resolve_client<Identity: AsRef<[u8]>>(
     )
 }
 
+/// One step of the resolution, for those who want to watch it
+/// ([`resolve_client_observed`]); the filter does not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// `trusted_hops` is set: the entry that many places from the right is
+    /// the client, whoever the peer is.
+    TrustedHops(usize),
+    /// The peer's address is in `trusted_proxies`.
+    PeerTrustedByAddress,
+    /// The peer's identity matched `trusted_identities`.
+    PeerTrustedByIdentity,
+    /// The peer is trusted neither by address nor by identity: its headers
+    /// are not read.
+    PeerUntrusted {
+        /// Its identity was read (and matched no entry).
+        identity_read: bool,
+    },
+    /// The source header was needed but is absent or blank.
+    SourceMissing,
+    /// An entry of the source, `position` places from the right (1 is the
+    /// rightmost): an address, or `None` when it is not one. `trusted`:
+    /// `trusted_proxies` holds it, so the walk goes on past it.
+    Entry {
+        position: usize,
+        address: Option<IpAddr>,
+        trusted: bool,
+    },
+    /// `trusted_hops` reached past the last entry (of at most
+    /// [`MAX_FORWARDED_ENTRIES`] looked at).
+    HopsBeyondEntries { entries: usize },
+}
+
 /// Resolves the client. `peer` is the true downstream peer, already
 /// normalised, or `None` when it cannot be known. `peer_identity` reads the
 /// URI SAN of the peer's certificate (`None` without one); it is called at
@@ -155,62 +187,121 @@ pub fn resolve_client_from<Identity: AsRef<[u8]>, Value: AsRef<[u8]>>(
     source: &ClientIpSource,
     value: impl FnOnce() -> Option<Value>,
 ) -> Resolution {
+    resolve_client_observed(policy, peer, peer_identity, source, value, &mut |_| {})
+}
+
+/// [`resolve_client_from`], telling `observe` each step as it is taken. The
+/// filter observes nothing (an empty closure the compiler removes); `client-ip
+/// resolve` shows the steps.
+pub fn resolve_client_observed<Identity: AsRef<[u8]>, Value: AsRef<[u8]>>(
+    policy: &TrustPolicy,
+    peer: Option<IpAddr>,
+    peer_identity: impl FnOnce() -> Option<Identity>,
+    source: &ClientIpSource,
+    value: impl FnOnce() -> Option<Value>,
+    observe: &mut impl FnMut(Step),
+) -> Resolution {
     if policy.trusted_hops > 0 {
+        observe(Step::TrustedHops(policy.trusted_hops));
         let value = value();
         let entries = Entries::of(source, value.as_ref().map(AsRef::as_ref));
-        return by_trusted_hops(policy.trusted_hops, peer, entries);
+        return by_trusted_hops(policy.trusted_hops, peer, entries, observe);
     }
     let trusted_by_address = peer.is_some_and(|peer| policy.is_trusted(peer));
-    let trusted_by_identity = !trusted_by_address
-        && !policy.trusted_identities.is_empty()
+    let identity_read = !trusted_by_address && !policy.trusted_identities.is_empty();
+    let trusted_by_identity = identity_read
         && peer_identity().is_some_and(|san| policy.trusted_identities.trust(san.as_ref()));
     if !trusted_by_address && !trusted_by_identity {
+        observe(Step::PeerUntrusted { identity_read });
         return Resolution::from_peer(peer, 0);
     }
+    observe(match trusted_by_address {
+        true => Step::PeerTrustedByAddress,
+        false => Step::PeerTrustedByIdentity,
+    });
     let value = value();
     let entries = Entries::of(source, value.as_ref().map(AsRef::as_ref));
     Resolution {
         peer_trusted_by_identity: trusted_by_identity,
-        ..by_trusted_walk(policy, peer, entries)
+        ..by_trusted_walk(policy, peer, entries, observe)
     }
 }
 
-fn missing(peer: Option<IpAddr>) -> Resolution {
+fn missing(peer: Option<IpAddr>, observe: &mut impl FnMut(Step)) -> Resolution {
+    observe(Step::SourceMissing);
     Resolution {
         source_missing: true,
         ..Resolution::from_peer(peer, 0)
     }
 }
 
-fn by_trusted_hops(hops: usize, peer: Option<IpAddr>, entries: Option<Entries>) -> Resolution {
+fn by_trusted_hops(
+    hops: usize,
+    peer: Option<IpAddr>,
+    entries: Option<Entries>,
+    observe: &mut impl FnMut(Step),
+) -> Resolution {
     let Some(mut entries) = entries else {
-        return missing(peer);
+        return missing(peer, observe);
     };
-    match entries.nth(hops.saturating_sub(1)) {
-        None => Resolution::from_peer(peer, 0),
-        Some(Some(client)) => Resolution::named(client, ClientOrigin::TrustedHops),
-        Some(None) => Resolution::from_peer(peer, 1),
+    let mut seen = 0;
+    let chosen = entries.find(|_| {
+        seen += 1;
+        seen == hops
+    });
+    match chosen {
+        None => {
+            observe(Step::HopsBeyondEntries { entries: seen });
+            Resolution::from_peer(peer, 0)
+        }
+        Some(address) => {
+            observe(Step::Entry {
+                position: hops,
+                address,
+                trusted: false,
+            });
+            match address {
+                Some(client) => Resolution::named(client, ClientOrigin::TrustedHops),
+                None => Resolution::from_peer(peer, 1),
+            }
+        }
     }
 }
 
 /// The walk from a trusted peer. The peer's address may be unknown when it is
 /// trusted by identity; then only what it forwarded can name a client.
+// A counter rather than enumerate(): the module comes out smaller.
+#[allow(clippy::explicit_counter_loop)]
 fn by_trusted_walk(
     policy: &TrustPolicy,
     peer: Option<IpAddr>,
     entries: Option<Entries>,
+    observe: &mut impl FnMut(Step),
 ) -> Resolution {
     let Some(entries) = entries else {
-        return missing(peer);
+        return missing(peer, observe);
     };
     let mut verified = Resolution::from_peer(peer, 0);
+    let mut position = 0;
     for entry in entries {
+        position += 1;
         let Some(address) = entry else {
+            observe(Step::Entry {
+                position,
+                address: None,
+                trusted: false,
+            });
             verified.invalid_entries = 1;
             return verified;
         };
         verified = Resolution::named(address, ClientOrigin::TrustedProxies);
-        if !policy.is_trusted(address) {
+        let trusted = policy.is_trusted(address);
+        observe(Step::Entry {
+            position,
+            address: Some(address),
+            trusted,
+        });
+        if !trusted {
             return verified;
         }
     }

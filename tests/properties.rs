@@ -6,12 +6,13 @@ use std::net::IpAddr;
 
 use client_ip::access::{AccessPolicy, Decision};
 use client_ip::address::{parse_forwarded_entry, parse_host_port, parse_socket_peer, IpText};
+use client_ip::config::ClientIpSource;
 use client_ip::config::{FilterConfig, XffMode};
 use client_ip::decide::{decide, RequestFacts};
 use client_ip::identity::{IdentityPattern, TrustedIdentities};
 use client_ip::peer::{from_waypoint, WaypointPeer};
 use client_ip::ranges::AddressSet;
-use client_ip::resolve::{resolve_client, ClientOrigin};
+use client_ip::resolve::{resolve_client, resolve_client_observed, ClientOrigin, Step};
 use client_ip::rewrite::{forwarded_for_edit, HeaderEdit};
 use client_ip::trust::TrustPolicy;
 use proptest::prelude::*;
@@ -102,6 +103,44 @@ proptest! {
         }
         let _ = parse_host_port(&raw);
         let _ = parse_socket_peer(&raw);
+    }
+
+    /// What `client-ip resolve` shows is the walk the filter takes: the
+    /// observed resolution is the filter's, and its last step names the
+    /// client it yields.
+    #[test]
+    fn the_observed_walk_is_the_filters(
+        policy in any_policy(),
+        peer in prop::option::of(any_peer()),
+        identity in any_peer_identity(),
+        xff in prop::option::of(any_forwarded_for()),
+    ) {
+        let plain = resolve_client(&policy, peer, || identity.as_deref(), xff.as_deref());
+        let mut steps = Vec::new();
+        let observed = resolve_client_observed(
+            &policy,
+            peer,
+            || identity.as_deref(),
+            &ClientIpSource::XForwardedFor,
+            || xff.as_deref(),
+            &mut |step| steps.push(step),
+        );
+        prop_assert_eq!(observed, plain);
+        prop_assert!(!steps.is_empty());
+        match steps.last() {
+            Some(Step::Entry { address: Some(address), trusted, .. }) if plain.origin != ClientOrigin::Peer => {
+                prop_assert_eq!(plain.client, Some(*address));
+                // The last entry is trusted only when every entry was.
+                if *trusted {
+                    let untrusted = steps.iter().any(|s| matches!(s, Step::Entry { trusted: false, .. }));
+                    prop_assert!(!untrusted);
+                }
+            }
+            Some(Step::PeerUntrusted { .. }) | Some(Step::SourceMissing) | Some(Step::HopsBeyondEntries { .. }) => {
+                prop_assert_eq!(plain.client, peer);
+            }
+            _ => {}
+        }
     }
 
     #[test]

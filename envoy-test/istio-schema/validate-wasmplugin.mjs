@@ -1,5 +1,7 @@
 // Validates the documents of wasmplugin/ against Istio's schemas: WasmPlugin
-// (extensions.istio.io/v1alpha1) and DestinationRule (networking.istio.io/v1).
+// (extensions.istio.io/v1alpha1), DestinationRule (networking.istio.io/v1),
+// AuthorizationPolicy (security.istio.io/v1) and EnvoyFilter
+// (networking.istio.io/v1alpha3).
 //
 // The schemas come from npm's @kubernetes-models/istio (pinned in
 // package-lock.json), which generates them from an Istio release's CRDs (its
@@ -8,7 +10,9 @@
 // The package keeps no JSON copy of a schema: it ships each CRD's
 // openAPIV3Schema compiled into an Ajv validator
 // (_schemas/ExtensionsIstioIoV1alpha1WasmPlugin.js,
-// _schemas/NetworkingIstioIoV1DestinationRule.js), which the model's
+// _schemas/NetworkingIstioIoV1DestinationRule.js,
+// _schemas/SecurityIstioIoV1AuthorizationPolicy.js,
+// _schemas/NetworkingIstioIoV1alpha3EnvoyFilter.js), which the model's
 // validate() runs; it also checks apiVersion, kind and metadata. Like any
 // OpenAPI validator it does not run the CRDs' x-kubernetes-validations (CEL)
 // rules.
@@ -21,8 +25,10 @@
 import { readFileSync } from "node:fs";
 import { WasmPlugin } from "@kubernetes-models/istio/extensions.istio.io/v1alpha1/WasmPlugin";
 import { DestinationRule } from "@kubernetes-models/istio/networking.istio.io/v1/DestinationRule";
+import { AuthorizationPolicy } from "@kubernetes-models/istio/security.istio.io/v1/AuthorizationPolicy";
+import { EnvoyFilter } from "@kubernetes-models/istio/networking.istio.io/v1alpha3/EnvoyFilter";
 
-const MODELS = { WasmPlugin, DestinationRule };
+const MODELS = { WasmPlugin, DestinationRule, AuthorizationPolicy, EnvoyFilter };
 
 function violations(doc) {
   const Model = MODELS[doc?.kind];

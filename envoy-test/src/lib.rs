@@ -7,17 +7,22 @@
 //! - [`Envoy`]: a running Envoy on free ports, with its admin API and logs.
 //! - [`Request`]: a raw HTTP/1.1 client that can pick its source address
 //!   (any 127.0.0.x, or ::1) and send repeated or malformed headers.
-//! - [`pki::Pki`]: a mesh CA issuing SPIFFE workload certificates, for
-//!   listeners with mutual TLS ([`ListenerTls`]).
+//! - [`pki::Pki`]: a mesh CA issuing SPIFFE workload certificates as istiod
+//!   does (made by `mesh-pki.sh`, like the local mesh's), for listeners with
+//!   mutual TLS ([`ListenerTls`]).
 //! - [`ScratchDir`]: a temporary directory removed on every path out.
+//! - [`wait_until`]: polls for a condition until a deadline.
 
+use std::cell::Cell;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use std::{fs, thread};
+use std::{fmt, fs, thread};
 
 use serde_json::{json, Value};
 
@@ -90,28 +95,133 @@ impl Drop for ScratchDir {
     }
 }
 
+// -------------------------------------------------------------- wait_until
+
+/// Polls `poll` until it returns `Some`, and returns what it holds; panics,
+/// naming `what`, once `timeout` has passed without. Polls every few
+/// milliseconds at first, then every 100 ms.
+pub fn wait_until<T>(
+    timeout: Duration,
+    what: impl fmt::Display,
+    mut poll: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        if let Some(value) = poll() {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
+
+/// Displays what its closure writes, when displayed: a [`wait_until`]
+/// message that shows the state when it gave up (say, the last value polled,
+/// kept in a `Cell`). It runs while panicking, so it must not panic itself:
+/// it reads what the poll kept, rather than ask again.
+pub struct Lazy<F>(pub F);
+
+impl<F: Fn(&mut fmt::Formatter<'_>) -> fmt::Result> fmt::Display for Lazy<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        (self.0)(f)
+    }
+}
+
 // ---------------------------------------------------------------- upstream
 
 /// An upstream that echoes each request as
-/// `{"method":…,"path":…,"headers":[[name,value],…]}`.
+/// `{"method":…,"path":…,"headers":[[name,value],…]}`. Dropping it stops its
+/// accept thread and every connection's thread, and closes their sockets.
 pub struct Upstream {
     pub port: u16,
+    /// The listening socket, to wake the accept thread when stopping.
+    listener: TcpListener,
+    stopping: Arc<AtomicBool>,
+    accept: Option<JoinHandle<()>>,
+    connections: Arc<Mutex<Vec<Connection>>>,
+}
+
+/// A connection's socket, to shut it down, and the thread that serves it.
+struct Connection {
+    stream: TcpStream,
+    thread: JoinHandle<()>,
 }
 
 impl Upstream {
     pub fn start() -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                thread::spawn(move || echo_connection(stream));
-            }
-        });
-        Upstream { port }
+        let stopping = Arc::new(AtomicBool::new(false));
+        let connections = Arc::new(Mutex::new(Vec::<Connection>::new()));
+        let accept = {
+            let listener = listener.try_clone().unwrap();
+            let stopping = Arc::clone(&stopping);
+            let connections = Arc::clone(&connections);
+            thread::spawn(move || {
+                for stream in listener.incoming() {
+                    if stopping.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    let Ok(stream) = stream else { continue };
+                    let Ok(handle) = stream.try_clone() else {
+                        continue;
+                    };
+                    let thread = thread::spawn(move || echo_connection(stream));
+                    let mut connections = connections.lock().unwrap_or_else(|e| e.into_inner());
+                    // A finished thread needs no joining; its socket closes.
+                    connections.retain(|c| !c.thread.is_finished());
+                    connections.push(Connection {
+                        stream: handle,
+                        thread,
+                    });
+                }
+            })
+        };
+        Upstream {
+            port,
+            listener,
+            stopping,
+            accept: Some(accept),
+            connections,
+        }
     }
 }
 
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        // Shutting the listening socket down ends a blocked accept on Linux;
+        // a connection of our own would wake it anywhere else.
+        let _ = socket2::SockRef::from(&self.listener).shutdown(std::net::Shutdown::Read);
+        let _ = TcpStream::connect_timeout(
+            &SocketAddr::from(([127, 0, 0, 1], self.port)),
+            Duration::from_secs(1),
+        );
+        if let Some(accept) = self.accept.take() {
+            let _ = accept.join();
+        }
+        let connections =
+            std::mem::take(&mut *self.connections.lock().unwrap_or_else(|e| e.into_inner()));
+        for connection in connections {
+            let _ = connection.stream.shutdown(std::net::Shutdown::Both);
+            let _ = connection.thread.join();
+        }
+    }
+}
+
+/// Serves one connection until either side ends it, then shuts the socket
+/// down (the upstream holds a handle on it, which would keep it open).
 fn echo_connection(stream: TcpStream) {
+    echo_requests(&stream);
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+}
+
+fn echo_requests(stream: &TcpStream) {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut writer = stream;
     loop {
@@ -124,6 +234,7 @@ fn echo_connection(stream: TcpStream) {
         let path = parts.next().unwrap_or("").to_owned();
         let mut headers = Vec::new();
         let mut content_length = 0usize;
+        let mut close = false;
         loop {
             let mut line = Vec::new();
             if reader.read_until(b'\n', &mut line).unwrap_or(0) == 0 {
@@ -141,6 +252,7 @@ fn echo_connection(stream: TcpStream) {
                 if name == "content-length" {
                     content_length = value.parse().unwrap_or(0);
                 }
+                close |= name == "connection" && value.eq_ignore_ascii_case("close");
                 headers.push(json!([name, value]));
             }
         }
@@ -153,7 +265,7 @@ fn echo_connection(stream: TcpStream) {
             "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{reply}",
             reply.len()
         );
-        if writer.write_all(response.as_bytes()).is_err() {
+        if writer.write_all(response.as_bytes()).is_err() || close {
             return;
         }
     }
@@ -269,7 +381,7 @@ pub fn http_filter(module: &Path, root_id: &str, plugin_json: &str) -> Value {
     })
 }
 
-/// Envoy's JSON access log with the fields the README explains.
+/// Envoy's JSON access log with the fields docs/local-mesh.md explains.
 pub fn access_log(path: &Path) -> Value {
     json!([{
         "name": "envoy.access_loggers.file",
@@ -403,11 +515,15 @@ pub struct Envoy {
     child: Child,
     pub dir: PathBuf,
     pub admin: SocketAddr,
+    /// The echo upstream Envoy was started in front of, when it started one;
+    /// stopped after Envoy.
+    upstream: Option<Upstream>,
 }
 
 /// Why Envoy did not come up, with its log.
 #[derive(Debug)]
 pub struct StartFailure {
+    /// `None` when a signal ended it.
     pub exit_code: Option<i32>,
     pub log: String,
 }
@@ -416,12 +532,7 @@ impl Envoy {
     /// Starts Envoy on `listeners` in front of a fresh echo upstream, and
     /// waits until it is ready. Panics if it does not start.
     pub fn start(listeners: &[Listener]) -> Envoy {
-        Envoy::try_start(listeners).unwrap_or_else(|failure| {
-            panic!(
-                "Envoy did not start (exit {:?}):\n{}",
-                failure.exit_code, failure.log
-            )
-        })
+        Envoy::start_with(listeners, 2, &[])
     }
 
     pub fn try_start(listeners: &[Listener]) -> Result<Envoy, StartFailure> {
@@ -433,10 +544,41 @@ impl Envoy {
         listeners: &[Listener],
         module: &Path,
     ) -> Result<Envoy, StartFailure> {
+        Envoy::try_start_in_front_of_upstream(listeners, module, 2, &[])
+    }
+
+    /// Starts Envoy as [`Envoy::start`] does, with `workers` worker threads
+    /// (`--concurrency`) and `args` after the harness's own arguments
+    /// (`--component-log-level wasm:debug`, say; a later `-l` overrides the
+    /// harness's `-l info`).
+    pub fn start_with(listeners: &[Listener], workers: u32, args: &[&str]) -> Envoy {
+        Envoy::try_start_in_front_of_upstream(listeners, &module_path(), workers, args)
+            .unwrap_or_else(|failure| {
+                panic!(
+                    "Envoy did not start (exit {:?}):\n{}",
+                    failure.exit_code, failure.log
+                )
+            })
+    }
+
+    fn try_start_in_front_of_upstream(
+        listeners: &[Listener],
+        module: &Path,
+        workers: u32,
+        args: &[&str],
+    ) -> Result<Envoy, StartFailure> {
         let upstream = Upstream::start();
         let dir = scratch_dir("envoy");
         let config = envoy_config_with_module(listeners, upstream.port, &dir, module);
-        Envoy::try_start_with(config, dir, 2)
+        let mut envoy = Envoy::try_start_with_args(config, dir, workers, args)?;
+        envoy.upstream = Some(upstream);
+        Ok(envoy)
+    }
+
+    /// Makes `upstream` live as long as this Envoy, stopped after it.
+    pub fn owning(mut self, upstream: Upstream) -> Envoy {
+        self.upstream = Some(upstream);
+        self
     }
 
     /// Starts Envoy with a ready-made bootstrap.
@@ -445,8 +587,38 @@ impl Envoy {
         dir: PathBuf,
         workers: u32,
     ) -> Result<Envoy, StartFailure> {
+        Envoy::try_start_with_args(config, dir, workers, &[])
+    }
+
+    /// The same, with `args` after the harness's own arguments.
+    pub fn try_start_with_args(
+        config: Value,
+        dir: PathBuf,
+        workers: u32,
+        args: &[&str],
+    ) -> Result<Envoy, StartFailure> {
         let config_path = dir.join("envoy.json");
         fs::write(&config_path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+        Envoy::try_start_file(config_path, dir, workers, args)
+    }
+
+    /// Starts Envoy with a bootstrap in YAML, as `envoy-test/configs/` has them.
+    pub fn try_start_with_yaml(
+        yaml: &str,
+        dir: PathBuf,
+        workers: u32,
+    ) -> Result<Envoy, StartFailure> {
+        let config_path = dir.join("envoy.yaml");
+        fs::write(&config_path, yaml).unwrap();
+        Envoy::try_start_file(config_path, dir, workers, &[])
+    }
+
+    fn try_start_file(
+        config_path: PathBuf,
+        dir: PathBuf,
+        workers: u32,
+        args: &[&str],
+    ) -> Result<Envoy, StartFailure> {
         let admin_path = dir.join("admin.address");
         let log_path = dir.join("envoy.log");
         let child = Command::new(envoy_bin())
@@ -458,6 +630,7 @@ impl Envoy {
             .arg(&log_path)
             .args(["--disable-hot-restart", "-l", "info", "--concurrency"])
             .arg(workers.to_string())
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -467,30 +640,27 @@ impl Envoy {
             child,
             dir,
             admin: "127.0.0.1:0".parse().unwrap(),
+            upstream: None,
         };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(Some(status)) = envoy.child.try_wait() {
-                return Err(StartFailure {
-                    exit_code: status.code(),
-                    log: envoy.log(),
-                });
-            }
-            if let Ok(text) = fs::read_to_string(&admin_path) {
-                if let Ok(admin) = text.trim().parse() {
-                    envoy.admin = admin;
-                    if envoy.admin_get("/ready").is_some_and(|r| r.status == 200) {
-                        return Ok(envoy);
-                    }
+        // Should it never get there, the panic stops Envoy and shows its log.
+        let exited = wait_until(
+            Duration::from_secs(60),
+            "Envoy to be ready, or to exit",
+            || {
+                if let Ok(Some(status)) = envoy.child.try_wait() {
+                    return Some(Some(status.code()));
                 }
-            }
-            if Instant::now() > deadline {
-                return Err(StartFailure {
-                    exit_code: None,
-                    log: format!("not ready after 60 s\n{}", envoy.log()),
-                });
-            }
-            thread::sleep(Duration::from_millis(50));
+                envoy.admin = fs::read_to_string(&admin_path).ok()?.trim().parse().ok()?;
+                let ready = envoy.admin_get("/ready").is_some_and(|r| r.status == 200);
+                ready.then_some(None)
+            },
+        );
+        match exited {
+            None => Ok(envoy),
+            Some(exit_code) => Err(StartFailure {
+                exit_code,
+                log: envoy.log(),
+            }),
         }
     }
 
@@ -510,6 +680,18 @@ impl Envoy {
 
     pub fn log(&self) -> String {
         fs::read_to_string(self.dir.join("envoy.log")).unwrap_or_default()
+    }
+
+    /// Stops Envoy the way an operator does (the admin API's
+    /// `/quitquitquit`), waits up to 30 s for it to exit, and returns its
+    /// log, complete: Envoy writes out what it holds before exiting.
+    pub fn stop(&mut self) -> String {
+        let quit = Request::post("/quitquitquit").send(self.admin);
+        assert_eq!(quit.status, 200, "/quitquitquit: {}", quit.body);
+        wait_until(Duration::from_secs(30), "Envoy to exit", || {
+            self.child.try_wait().ok().flatten()
+        });
+        self.log()
     }
 
     /// Fails if Envoy's log shows the module panicking or its VM failing.
@@ -563,10 +745,11 @@ impl Envoy {
         panic!("no listener {name} in {listeners}");
     }
 
-    /// A counter or gauge from /stats, 0 if absent.
+    /// A counter or gauge from /stats by its exact name (cluster names may
+    /// hold `|`), 0 if absent.
     pub fn stat(&self, name: &str) -> u64 {
         let stats = self
-            .admin_get(&format!("/stats?filter=^{}$", name.replace('.', "\\.")))
+            .admin_get(&format!("/stats?filter=^{}$", regex_escaped(name)))
             .expect("admin /stats");
         stats
             .body
@@ -577,17 +760,21 @@ impl Envoy {
             .unwrap_or(0)
     }
 
-    /// Waits (up to 10 s) for a counter to reach `at_least`, and returns it.
-    /// The filter publishes its counters once a second.
+    /// Waits (up to 10 s) for a counter to reach `at_least`, and returns it;
+    /// panics if it does not. The filter publishes its counters once a second.
     pub fn counter_reaching(&self, name: &str, at_least: u64) -> u64 {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let value = self.stat(name);
-            if value >= at_least || Instant::now() > deadline {
-                return value;
-            }
-            thread::sleep(Duration::from_millis(100));
-        }
+        let last = Cell::new(None);
+        wait_until(
+            Duration::from_secs(10),
+            Lazy(|f: &mut fmt::Formatter<'_>| {
+                write!(f, "{name} to reach {at_least} (last {:?})", last.get())
+            }),
+            || {
+                let value = self.stat(name);
+                last.set(Some(value));
+                (value >= at_least).then_some(value)
+            },
+        )
     }
 }
 
@@ -595,6 +782,7 @@ impl Drop for Envoy {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        self.upstream = None;
         // A failing test shows Envoy's log (the test harness prints what a
         // failed test wrote); the directory goes on every path.
         if thread::panicking() {
@@ -609,6 +797,7 @@ impl Drop for Envoy {
 /// A raw HTTP/1.1 request, sent on a fresh connection from a chosen source.
 #[derive(Clone, Debug)]
 pub struct Request {
+    method: &'static str,
     path: String,
     headers: Vec<(String, Vec<u8>)>,
     source: Option<IpAddr>,
@@ -625,9 +814,18 @@ pub struct Response {
 impl Request {
     pub fn get(path: &str) -> Request {
         Request {
+            method: "GET",
             path: path.to_owned(),
             headers: Vec::new(),
             source: None,
+        }
+    }
+
+    /// A POST with no body, as Envoy's admin wants for what changes state.
+    pub fn post(path: &str) -> Request {
+        Request {
+            method: "POST",
+            ..Request::get(path)
         }
     }
 
@@ -662,8 +860,8 @@ impl Request {
         let mut stream: TcpStream = socket.into();
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;
         let mut head = format!(
-            "GET {} HTTP/1.1\r\nhost: app\r\nconnection: close\r\n",
-            self.path
+            "{} {} HTTP/1.1\r\nhost: app\r\nconnection: close\r\n",
+            self.method, self.path
         )
         .into_bytes();
         for (name, value) in &self.headers {
@@ -774,5 +972,98 @@ impl Received {
             [value] => value,
             values => panic!("expected exactly one {name}, got {values:?}"),
         }
+    }
+}
+
+/// `name` as a regular expression that matches it alone.
+fn regex_escaped(name: &str) -> String {
+    let mut escaped = String::with_capacity(name.len());
+    for c in name.chars() {
+        if "\\.+*?()|[]{}^$".contains(c) {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dropped_upstream_stops_its_threads_and_closes_its_sockets() {
+        let upstream = Upstream::start();
+        let to = SocketAddr::from(([127, 0, 0, 1], upstream.port));
+        // One connection served, one open and idle, its thread blocked
+        // waiting for a request.
+        let echoed = Request::get("/echo").send(to);
+        assert!(echoed.body.contains(r#""path":"/echo""#), "{}", echoed.body);
+        let mut idle = TcpStream::connect(to).unwrap();
+        idle.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        wait_until(
+            Duration::from_secs(10),
+            "the idle connection's thread",
+            || {
+                let connections = upstream.connections.lock().unwrap();
+                connections
+                    .iter()
+                    .any(|c| !c.thread.is_finished())
+                    .then_some(())
+            },
+        );
+        // Dropping returns once every thread has been joined.
+        let (dropped, done) = std::sync::mpsc::channel();
+        thread::spawn(move || {
+            drop(upstream);
+            let _ = dropped.send(());
+        });
+        done.recv_timeout(Duration::from_secs(10))
+            .expect("dropping the upstream joins its threads");
+        assert_eq!(
+            idle.read(&mut [0; 1]).unwrap(),
+            0,
+            "the idle connection is closed"
+        );
+        assert_eq!(
+            TcpStream::connect(to).unwrap_err().kind(),
+            std::io::ErrorKind::ConnectionRefused,
+            "nothing listens any more"
+        );
+    }
+
+    #[test]
+    fn wait_until_returns_what_the_poll_found() {
+        let mut polls = 0;
+        let found = wait_until(Duration::from_secs(5), "the third poll", || {
+            polls += 1;
+            (polls == 3).then_some(polls * 10)
+        });
+        assert_eq!(found, 30);
+    }
+
+    #[test]
+    fn wait_until_names_what_it_waited_for_as_it_was_at_the_end() {
+        let polls = Cell::new(0);
+        let gave_up = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            wait_until(
+                Duration::from_millis(50),
+                Lazy(|f: &mut fmt::Formatter<'_>| write!(f, "nothing (polled {})", polls.get())),
+                || {
+                    polls.set(polls.get() + 1);
+                    None::<()>
+                },
+            )
+        }));
+        let message = *gave_up.unwrap_err().downcast::<String>().unwrap();
+        assert!(polls.get() > 1);
+        assert_eq!(
+            message,
+            format!(
+                "timed out after 50ms waiting for nothing (polled {})",
+                polls.get()
+            )
+        );
     }
 }

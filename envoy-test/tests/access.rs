@@ -57,7 +57,7 @@ fn an_allow_list_admits_only_its_own_and_fails_closed() {
     let json = r#"{"allow_clients":["127.0.0.70/31","::1"],"deny_clients":["127.0.0.71"],"deny_status":451}"#;
     let envoy = Envoy::start(&[
         Listener::sidecar("sidecar", json),
-        // Without the companion a sidecar cannot know the peer of a request
+        // Without the peer filter a sidecar cannot know the peer of a request
         // that carries X-Forwarded-For: the client is unknown.
         Listener::sidecar("http_root_only", json).without_peer_filter(),
     ]);

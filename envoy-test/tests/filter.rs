@@ -2,7 +2,7 @@
 //! spoofing attempts, repeated, oversized and garbage headers, and the
 //! counters and filter state it publishes.
 
-use envoy_test::{Envoy, Listener, Request};
+use envoy_test::{wait_until, Envoy, Listener, Request};
 
 fn gateway(name: &str, plugin_json: &str) -> Listener {
     Listener {
@@ -314,7 +314,7 @@ fn without_the_network_filter() {
         1
     );
 
-    // At a gateway (use_remote_address: true) the HTTP root alone sees the
+    // At a gateway (use_remote_address: true) the HTTP filter alone sees the
     // true peer, and Envoy's own append is neither repeated nor counted as a hop.
     let via_gateway = Request::get("/ip")
         .from("127.0.0.61")
@@ -380,7 +380,7 @@ fn trust_settings_on_a_sidecar_without_the_network_filter() {
 
 #[test]
 fn a_trusted_range_that_clients_send_from_lets_them_choose() {
-    // The operator's duty the README names: a client inside a trusted range
+    // The operator's duty docs/trust-model.md names: a client inside a trusted range
     // is believed like a proxy.
     let envoy = Envoy::start(&[Listener::sidecar(
         "too_broad",
@@ -443,7 +443,7 @@ fn client_ip_reaches_access_logs_through_filter_state() {
 #[test]
 fn many_connections_and_streams_keep_the_vm_alive() {
     // Both roots share one VM per worker: every connection makes a stream
-    // context of the network root and every request an HTTP context of the
+    // context of the peer filter and every request an HTTP context of the
     // other. A root that answered with the wrong context type would abort the
     // VM ("invalid context_id") and fail every later request.
     let envoy = Envoy::start(&[
@@ -464,19 +464,14 @@ fn many_connections_and_streams_keep_the_vm_alive() {
 }
 
 fn wait_for_log_entry(envoy: &Envoy, listener: &str, path: &str) -> serde_json::Value {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        if let Some(entry) = envoy
-            .access_log(listener)
-            .into_iter()
-            .find(|entry| entry["path"] == path)
-        {
-            return entry;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no access log entry for {path}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    wait_until(
+        std::time::Duration::from_secs(10),
+        format!("an access log entry for {path}"),
+        || {
+            envoy
+                .access_log(listener)
+                .into_iter()
+                .find(|entry| entry["path"] == path)
+        },
+    )
 }

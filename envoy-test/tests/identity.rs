@@ -252,7 +252,7 @@ fn identities_beside_addresses() {
 
 #[test]
 fn identity_works_without_the_network_filter() {
-    // Without the companion, a sidecar (use_remote_address: false) that
+    // Without the peer filter, a sidecar (use_remote_address: false) that
     // receives X-Forwarded-For cannot know the peer's address, but TLS still
     // tells who the peer is.
     let mesh = Mesh::new();

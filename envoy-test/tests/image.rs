@@ -3,13 +3,14 @@
 //! the registry API, the module extracted the way Istio's fetcher does, and
 //! loaded into real Envoy.
 
+use std::fs::FileTimes;
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, SystemTime};
 
-use envoy_test::{module_path, repo_root, Envoy, Listener, Request, ScratchDir};
+use envoy_test::{module_path, repo_root, wait_until, Envoy, Listener, Request, ScratchDir};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -54,11 +55,9 @@ impl Registry {
             addr,
             _dir: scratch,
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while registry.get("/v2/", "*/*").map(|r| r.status) != Some(200) {
-            assert!(Instant::now() < deadline, "registry did not start");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_until(Duration::from_secs(30), "the registry to start", || {
+            registry.get("/v2/", "*/*").filter(|r| r.status == 200)
+        });
         registry
     }
 
@@ -195,13 +194,54 @@ fn run_in_envoy(module: &Path) {
     assert_eq!(received.one("x-real-ip"), "127.0.0.9");
 }
 
+/// The file times of the module `make image` copies, put back when dropped.
+struct ModuleTimes {
+    file: std::fs::File,
+    accessed: SystemTime,
+    modified: SystemTime,
+}
+
+impl ModuleTimes {
+    fn save() -> ModuleTimes {
+        let path = repo_root().join("build/plugin.wasm");
+        let file = std::fs::File::options().write(true).open(&path).unwrap();
+        let metadata = file.metadata().unwrap();
+        ModuleTimes {
+            accessed: metadata.accessed().unwrap(),
+            modified: metadata.modified().unwrap(),
+            file,
+        }
+    }
+
+    fn set(&self, accessed: SystemTime, modified: SystemTime) {
+        let times = FileTimes::new()
+            .set_accessed(accessed)
+            .set_modified(modified);
+        self.file.set_times(times).unwrap();
+    }
+}
+
+impl Drop for ModuleTimes {
+    fn drop(&mut self) {
+        self.set(self.accessed, self.modified);
+    }
+}
+
 #[test]
 fn the_same_module_gives_the_same_image_digest() {
     let registry = Registry::start();
-    // Each `make image` copies the module afresh (new file times) and builds
-    // again; nothing of when it ran may reach the image.
+    // Each `make image` copies the module afresh and builds again; nothing
+    // of when it ran may reach the image: neither the module's own file
+    // times, set apart here (between its build and now, so that make does
+    // not build it again and no time is in the future), nor the copy's,
+    // which each run makes anew.
+    let times = ModuleTimes::save();
+    let built = times.modified;
+    times.set(built, built);
     let first = make_push(&format!("{}/client-ip:first", registry.addr));
-    std::thread::sleep(Duration::from_millis(1100));
+    let now = SystemTime::now();
+    assert!(now > built, "build/plugin.wasm is dated in the future");
+    times.set(now, now);
     let second = make_push(&format!("{}/client-ip:second", registry.addr));
     assert_eq!(first, second);
 }

@@ -1,5 +1,8 @@
 //! The local mesh of `make run`, driven as a user drives it: `mesh.sh` on free
-//! ports, then the README's curl commands against real Envoy and httpbin.
+//! ports, then the walkthrough's curl commands against real Envoy and httpbin:
+//! asserted one by one with the access logs and counters behind them, and, in
+//! `docs_local_mesh_md_runs_as_shown`, every command of docs/local-mesh.md run
+//! as written, in order, printing what the doc shows.
 //!
 //! `mesh.sh` runs in a process group of its own, with the signal dispositions
 //! a terminal gives it (whoever started the tests may have ignored SIGINT, and
@@ -7,7 +10,8 @@
 //! stops `make run`, SIGINT to the whole group, and on every other way out the
 //! whole group is killed, so no Envoy or gunicorn outlives a test.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::fmt;
 use std::io::{self, BufRead, BufReader};
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
@@ -16,10 +20,10 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use envoy_test::{envoy_bin, module_path, repo_root};
+use envoy_test::{envoy_bin, module_path, repo_root, wait_until, Lazy};
 use serde_json::Value;
 
-const PORT_VARS: [&str; 17] = [
+const PORT_VARS: [&str; 25] = [
     "APP_PORT",
     "APP2_PORT",
     "SIDECAR_MTLS_PORT",
@@ -37,14 +41,25 @@ const PORT_VARS: [&str; 17] = [
     "GATEWAY_PLAIN_HTTPS_PORT",
     "GATEWAY_ADMIN_PORT",
     "LB_PORT",
+    "HBONE_PORT",
+    "AMBIENT_SERVICE_PORT",
+    "AMBIENT_APP_PORT",
+    "ROGUE_HBONE_PORT",
+    "ROGUE_HBONE_TO_POD_PORT",
+    "WAYPOINT_ADMIN_PORT",
+    "ZTUNNEL_ADMIN_PORT",
+    "GATEWAY_AMBIENT_PORT",
 ];
 
 /// A directory under the system temp dir, removed however the test ends.
 struct TempDir(PathBuf);
 
 impl TempDir {
+    /// One of its own, however many tests of this process make one.
     fn new(tag: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("client-ip-{tag}-{}", std::process::id()));
+        static MADE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("client-ip-{tag}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         TempDir(dir)
@@ -262,27 +277,43 @@ impl Mesh {
     /// Waits (up to 10 s: the filter hands its counts to Envoy once a second
     /// per worker) until the counter reaches `at_least`, and returns it.
     fn wait_for_counter(&self, name: &str, at_least: u64) -> u64 {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let value = self.sidecar_counter(name);
-            if value >= at_least || Instant::now() > deadline {
-                return value;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        let last = Cell::new(None);
+        wait_until(
+            Duration::from_secs(10),
+            Lazy(|f: &mut fmt::Formatter<'_>| {
+                let last = last.get();
+                write!(
+                    f,
+                    "the sidecars' {name} to reach {at_least} (last {last:?})"
+                )
+            }),
+            || {
+                let value = self.sidecar_counter(name);
+                last.set(Some(value));
+                (value >= at_least).then_some(value)
+            },
+        )
     }
 
     /// Waits (up to 10 s) until a stat of the Envoy at `admin_var` reaches
     /// `at_least`, and returns it.
     fn wait_for_stat(&self, admin_var: &str, name: &str, at_least: u64) -> u64 {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let value = self.stat(admin_var, name);
-            if value >= at_least || Instant::now() > deadline {
-                return value;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let last = Cell::new(None);
+        wait_until(
+            Duration::from_secs(10),
+            Lazy(|f: &mut fmt::Formatter<'_>| {
+                let last = last.get();
+                write!(
+                    f,
+                    "{name} at {admin_var} to reach {at_least} (last {last:?})"
+                )
+            }),
+            || {
+                let value = self.stat(admin_var, name);
+                last.set(Some(value));
+                (value >= at_least).then_some(value)
+            },
+        )
     }
 
     fn url(&self, var: &str, path: &str) -> String {
@@ -305,15 +336,17 @@ impl Mesh {
         );
         self.wait_for_line("mesh: stopped", Duration::from_secs(30));
         let status = self.child.take().unwrap().wait().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while signal_group(pgid, 0) {
-            assert!(
-                Instant::now() < deadline,
-                "still running 30 s after Ctrl-C:\n{}",
-                group_members(pgid).join("\n")
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_until(
+            Duration::from_secs(30),
+            Lazy(|f: &mut fmt::Formatter<'_>| {
+                let left = group_members(pgid).join("\n");
+                write!(
+                    f,
+                    "every process to end after Ctrl-C; still running:\n{left}"
+                )
+            }),
+            || (!signal_group(pgid, 0)).then_some(()),
+        );
         self.pgid = None;
         status
     }
@@ -971,4 +1004,296 @@ fn every_envoy_config_in_the_repo_validates() {
         "{}:\n{all}",
         lb.display()
     );
+}
+
+/// Where a port follows 127.0.0.1 (or ::1) in the doc: a URL, the
+/// listener's name in Envoy's stats (`listener.127.0.0.1_10081.…`), or the
+/// proxy's name in its access log (`"proxy":"sidecar:15006"`).
+const LOOPBACK: &[&str] = &[
+    "127.0.0.1:",
+    "[::1]:",
+    "_",
+    "\"sidecar:",
+    "\"sidecar-2:",
+    "\"sleep:",
+    "\"gateway:",
+    "\"lb:",
+];
+
+/// `make run`'s default ports as docs/local-mesh.md writes them, after what
+/// they follow, and the variable that moves each (the top of
+/// envoy-test/mesh.sh). A port of another address goes in with that address
+/// (`&["127.0.0.80:"]`).
+const DOC_PORTS: [(&[&str], u16, &str); 25] = [
+    (LOOPBACK, 8000, "APP_PORT"),
+    (LOOPBACK, 8001, "APP2_PORT"),
+    (LOOPBACK, 15006, "SIDECAR_MTLS_PORT"),
+    (LOOPBACK, 10000, "SIDECAR_PORT"),
+    (LOOPBACK, 20000, "SIDECAR_PLAIN_PORT"),
+    (LOOPBACK, 15000, "SIDECAR_ADMIN_PORT"),
+    (LOOPBACK, 15106, "SIDECAR2_MTLS_PORT"),
+    (LOOPBACK, 15100, "SIDECAR2_ADMIN_PORT"),
+    (LOOPBACK, 15001, "SLEEP_OUTBOUND_PORT"),
+    (LOOPBACK, 15002, "SLEEP_ADMIN_PORT"),
+    (LOOPBACK, 10080, "GATEWAY_HTTP_PORT"),
+    (LOOPBACK, 10443, "GATEWAY_HTTPS_PORT"),
+    (LOOPBACK, 10081, "GATEWAY_PROXY_PROTOCOL_PORT"),
+    (LOOPBACK, 20080, "GATEWAY_PLAIN_HTTP_PORT"),
+    (LOOPBACK, 20443, "GATEWAY_PLAIN_HTTPS_PORT"),
+    (LOOPBACK, 15080, "GATEWAY_ADMIN_PORT"),
+    (LOOPBACK, 8080, "LB_PORT"),
+    (&["127.0.0.30:", "127.0.0.40:"], 15008, "HBONE_PORT"),
+    (
+        &["127.0.0.80:", "127.0.0.81:"],
+        8000,
+        "AMBIENT_SERVICE_PORT",
+    ),
+    (&["127.0.0.40:"], 8080, "AMBIENT_APP_PORT"),
+    (LOOPBACK, 15209, "ROGUE_HBONE_PORT"),
+    (LOOPBACK, 15210, "ROGUE_HBONE_TO_POD_PORT"),
+    (LOOPBACK, 15030, "WAYPOINT_ADMIN_PORT"),
+    (LOOPBACK, 15020, "ZTUNNEL_ADMIN_PORT"),
+    (LOOPBACK, 10082, "GATEWAY_AMBIENT_PORT"),
+];
+
+/// The walkthrough as the doc has it.
+const WALKTHROUGH: &str = "docs/local-mesh.md";
+/// The marker docs/local-mesh.md puts before each block this test runs; the
+/// docs check (envoy-test/check_docs.py) fails on a shell block that no test
+/// runs and that is not marked not-run.
+const RUN_BY: &str = "<!-- run-by: envoy-test/tests/mesh.rs -->";
+
+/// One command of the doc and what the doc shows it printing.
+struct DocStep {
+    line: usize,
+    command: String,
+    output: Vec<String>,
+}
+
+/// Every `$ ` command of the ```console blocks marked RUN_BY, in order, and
+/// every line of the ```json blocks marked RUN_BY (access-log lines), with
+/// its line number.
+fn doc_steps(doc: &str) -> (Vec<DocStep>, Vec<(usize, String)>) {
+    let mut steps = Vec::new();
+    let mut logged = Vec::new();
+    let mut lines = doc.lines().enumerate();
+    while let Some((_, line)) = lines.next() {
+        if line.trim() != RUN_BY {
+            continue;
+        }
+        let fence = lines.next().map(|(_, l)| l.trim());
+        assert!(
+            matches!(fence, Some("```console" | "```json")),
+            "{WALKTHROUGH}: {RUN_BY} before {fence:?}"
+        );
+        let log_lines = fence == Some("```json");
+        for (number, line) in lines.by_ref() {
+            if line.trim() == "```" {
+                break;
+            }
+            if log_lines {
+                logged.push((number + 1, line.to_owned()));
+            } else if let Some(command) = line.strip_prefix("$ ") {
+                assert!(
+                    !command.ends_with('\\'),
+                    "{WALKTHROUGH}:{}: one line per command",
+                    number + 1
+                );
+                steps.push(DocStep {
+                    line: number + 1,
+                    command: command.to_owned(),
+                    output: Vec::new(),
+                });
+            } else {
+                let step = steps.last_mut().unwrap_or_else(|| {
+                    panic!("{WALKTHROUGH}:{}: output before any command", number + 1)
+                });
+                step.output.push(line.to_owned());
+            }
+        }
+    }
+    (steps, logged)
+}
+
+/// An access-log line as the doc shows it: the same fields with the same
+/// values, but for the ports a connection was given (an `address:port`
+/// whose port is neither 0 nor one of the mesh's must match by address)
+/// and byte counts (a Host header holds the ports, so they vary).
+fn logged_as_shown(shown: &Value, logged: &Value, ports: &[u16]) -> bool {
+    let (Some(shown), Some(logged)) = (shown.as_object(), logged.as_object()) else {
+        return false;
+    };
+    let ephemeral = |text: &str| {
+        let (address, port) = text.rsplit_once(':')?;
+        let port: u16 = port.parse().ok()?;
+        (port != 0 && !ports.contains(&port)).then_some(address.to_owned())
+    };
+    shown.len() == logged.len()
+        && shown.iter().all(|(key, want)| {
+            let Some(got) = logged.get(key) else {
+                return false;
+            };
+            if key.starts_with("bytes_") {
+                return got.is_u64();
+            }
+            match (want.as_str(), got.as_str()) {
+                (Some(want), Some(got)) if want != got => {
+                    ephemeral(want).is_some_and(|address| ephemeral(got) == Some(address))
+                }
+                _ => want == got,
+            }
+        })
+}
+
+impl Mesh {
+    /// The doc's text with this mesh's ports: a default port of DOC_PORTS,
+    /// after what it follows there, becomes the port it runs on;
+    /// envoy-test/run/ becomes this mesh's run dir.
+    fn doc_text(&self, text: &str) -> String {
+        let text = text.replace(
+            "envoy-test/run/",
+            &format!("{}/", self.run_dir.path().display()),
+        );
+        let mut out = String::new();
+        let mut rest = text.as_str();
+        while let Some(start) = rest.find(|c: char| c.is_ascii_digit()) {
+            let end = rest[start..]
+                .find(|c: char| !c.is_ascii_digit())
+                .map_or(rest.len(), |e| start + e);
+            out.push_str(&rest[..start]);
+            let digits = &rest[start..end];
+            let moved = DOC_PORTS
+                .iter()
+                .find(|(after, port, _)| {
+                    port.to_string() == digits && after.iter().any(|a| out.ends_with(a))
+                })
+                .map(|(_, _, var)| self.port(var).to_string());
+            out.push_str(moved.as_deref().unwrap_or(digits));
+            rest = &rest[end..];
+        }
+        out.push_str(rest);
+        out
+    }
+}
+
+/// What may differ between runs: the `date` and upstream time of a `curl -i`.
+fn comparable(text: &str) -> Vec<String> {
+    text.lines()
+        .map(|line| {
+            let line = line.trim_end();
+            for varying in ["date: ", "x-envoy-upstream-service-time: "] {
+                if line.to_ascii_lowercase().starts_with(varying) {
+                    return format!("{varying}…");
+                }
+            }
+            line.to_owned()
+        })
+        .collect()
+}
+
+/// docs/local-mesh.md, run as a reader runs it against `make run`: each
+/// command of its run-by blocks through bash from the repository root, in
+/// the doc's order, must print what the doc shows under it (with this mesh's
+/// ports). A doc line `curl: (N) ...` is curl failing: the command must fail
+/// with a curl error (which one varies with timing, as the doc says). The
+/// counters the doc shows last are those of every command before them, so
+/// they are polled until the filter has published them.
+#[test]
+fn docs_local_mesh_md_runs_as_shown() {
+    let doc = std::fs::read_to_string(repo_root().join(WALKTHROUGH)).unwrap();
+    let (steps, logged) = doc_steps(&doc);
+    assert!(
+        logged.len() >= 20,
+        "{WALKTHROUGH}: only {} log lines",
+        logged.len()
+    );
+    assert!(
+        steps.len() >= 40,
+        "{WALKTHROUGH}: only {} commands",
+        steps.len()
+    );
+    let mut mesh = Mesh::start();
+    // Every curl of the doc gives up after 10 s rather than hang the test.
+    let curl_home = mesh.run_dir.path().join("curl-home");
+    std::fs::create_dir_all(&curl_home).unwrap();
+    std::fs::write(curl_home.join(".curlrc"), "max-time = 10\n").unwrap();
+    for step in &steps {
+        let command = mesh.doc_text(&step.command);
+        // A port the table does not know would reach whatever listens there
+        // (a `make run` of the reader's own, say), not this mesh: on
+        // 127.0.0.1 and on each address of the ambient part.
+        let addresses = DOC_PORTS
+            .iter()
+            .flat_map(|(after, _, _)| after.iter())
+            .filter(|after| after.starts_with("127."));
+        for address in addresses {
+            for (at, _) in command.match_indices(address) {
+                let port: String = command[at + address.len()..]
+                    .chars()
+                    .take_while(char::is_ascii_digit)
+                    .collect();
+                assert!(
+                    mesh.ports.iter().any(|(_, p)| p.to_string() == port),
+                    "{WALKTHROUGH}:{}: port {port} of {address} is not in DOC_PORTS: `{}`",
+                    step.line,
+                    step.command
+                );
+            }
+        }
+        let expected = comparable(&mesh.doc_text(&step.output.join("\n")));
+        let fails = expected.len() == 1 && expected[0].starts_with("curl: (");
+        let run = || {
+            let output = Command::new("bash")
+                .arg("-c")
+                .arg(&command)
+                .current_dir(repo_root())
+                .env("CURL_HOME", &curl_home)
+                .stdin(Stdio::null())
+                .output()
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            let shown = if fails {
+                !output.status.success() && stdout.is_empty() && stderr.contains("curl: (")
+            } else {
+                comparable(&stdout) == expected
+            };
+            let printed = format!("it printed ({}):\n{stdout}{stderr}", output.status);
+            (shown, printed)
+        };
+        let unlike = |printed: &str| {
+            format!(
+                "{WALKTHROUGH}:{}: `{command}`\nthe doc shows:\n{}\n{printed}",
+                step.line,
+                expected.join("\n")
+            )
+        };
+        // Counters reach /stats once a second: poll those, run the rest once.
+        if command.contains("/stats") {
+            let last = RefCell::new(String::new());
+            wait_until(
+                Duration::from_secs(10),
+                Lazy(|f: &mut fmt::Formatter<'_>| f.write_str(&unlike(&last.borrow()))),
+                || {
+                    let (shown, printed) = run();
+                    *last.borrow_mut() = printed;
+                    shown.then_some(())
+                },
+            );
+        } else {
+            let (shown, printed) = run();
+            assert!(shown, "{}", unlike(&printed));
+        }
+    }
+    // The access-log lines the doc shows, among those the mesh printed.
+    let ports: Vec<u16> = mesh.ports.iter().map(|(_, port)| *port).collect();
+    for (line, text) in &logged {
+        let shown: Value = serde_json::from_str(&mesh.doc_text(text))
+            .unwrap_or_else(|e| panic!("{WALKTHROUGH}:{line}: {e}"));
+        eprintln!("{WALKTHROUGH}:{line}: looking for {shown}");
+        mesh.wait_for_access_log(|entry| logged_as_shown(&shown, entry, &ports));
+    }
+    // And Ctrl-C stops it all, the ambient part's proxies included.
+    let status = mesh.interrupt();
+    assert!(status.success(), "{status:?}");
 }

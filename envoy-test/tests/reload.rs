@@ -10,9 +10,11 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use envoy_test::{listener_config, module_path, scratch_dir, Envoy, Listener, Request, Upstream};
+use envoy_test::{
+    listener_config, module_path, scratch_dir, wait_until, Envoy, Listener, Request, Upstream,
+};
 use serde_json::json;
 
 const CLIENT: &str = "127.0.0.20";
@@ -40,14 +42,6 @@ struct Outcomes {
     /// The client header of every answered request, in order.
     clients: Vec<String>,
     failures: Vec<String>,
-}
-
-fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]
@@ -82,61 +76,60 @@ fn plugin_config_changes_under_load() {
     // Load: an untrusted-at-first peer naming another client, without pause.
     let outcomes = Arc::new(Mutex::new(Outcomes::default()));
     let stop = Arc::new(AtomicBool::new(false));
-    let load = {
-        let (outcomes, stop) = (Arc::clone(&outcomes), Arc::clone(&stop));
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                let result = Request::get("/reload")
-                    .from(CLIENT)
-                    .header("x-forwarded-for", NAMED)
-                    .try_send(address);
-                let mut outcomes = outcomes.lock().unwrap();
-                match result {
-                    Ok(response) if response.status == 200 => {
-                        let client = response.received().one("x-real-ip").to_owned();
-                        outcomes.clients.push(client);
+    let load = LoadThread {
+        stop: Arc::clone(&stop),
+        handle: Some({
+            let (outcomes, stop) = (Arc::clone(&outcomes), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let result = Request::get("/reload")
+                        .from(CLIENT)
+                        .header("x-forwarded-for", NAMED)
+                        .try_send(address);
+                    let mut outcomes = outcomes.lock().unwrap();
+                    match result {
+                        Ok(response) if response.status == 200 => {
+                            let client = response.received().one("x-real-ip").to_owned();
+                            outcomes.clients.push(client);
+                        }
+                        Ok(response) => outcomes
+                            .failures
+                            .push(format!("{}: {}", response.status, response.body)),
+                        Err(error) => outcomes.failures.push(error.to_string()),
                     }
-                    Ok(response) => outcomes
-                        .failures
-                        .push(format!("{}: {}", response.status, response.body)),
-                    Err(error) => outcomes.failures.push(error.to_string()),
                 }
-            }
-        })
+            })
+        }),
     };
     let answered = |outcomes: &Arc<Mutex<Outcomes>>| outcomes.lock().unwrap().clients.len();
     wait_until(
-        "traffic under the first config",
         Duration::from_secs(20),
-        || answered(&outcomes) >= 50,
+        "traffic under the first config",
+        || (answered(&outcomes) >= 50).then_some(()),
     );
     assert!(outcomes.lock().unwrap().clients.iter().all(|c| c == CLIENT));
 
     // 1. A new config: the peer becomes a trusted proxy.
     let trusting = format!(r#"{{"trusted_proxies":["{CLIENT}"]}}"#);
     write_lds(&dir, 2, &sidecar(port, &trusting), &module);
-    wait_until("the new rules", Duration::from_secs(20), || {
-        outcomes
-            .lock()
-            .unwrap()
-            .clients
-            .last()
-            .is_some_and(|c| c == NAMED)
+    wait_until(Duration::from_secs(20), "the new rules", || {
+        let clients = &outcomes.lock().unwrap().clients;
+        clients.last().is_some_and(|c| c == NAMED).then_some(())
     });
     let switched_at = answered(&outcomes);
     wait_until(
-        "traffic under the new config",
         Duration::from_secs(20),
-        || answered(&outcomes) >= switched_at + 50,
+        "traffic under the new config",
+        || (answered(&outcomes) >= switched_at + 50).then_some(()),
     );
 
     // 2. A bad config is rejected; the last good one keeps serving.
     let rejected_before = envoy.stat("listener_manager.lds.update_rejected");
     write_lds(&dir, 3, &sidecar(port, r#"{"xff_mode":"bogus"}"#), &module);
     wait_until(
-        "the bad update to be rejected",
         Duration::from_secs(20),
-        || envoy.stat("listener_manager.lds.update_rejected") > rejected_before,
+        "the bad update to be rejected",
+        || (envoy.stat("listener_manager.lds.update_rejected") > rejected_before).then_some(()),
     );
     assert!(
         envoy.log().contains("field `xff_mode`"),
@@ -144,28 +137,27 @@ fn plugin_config_changes_under_load() {
     );
     let after_bad = answered(&outcomes);
     wait_until(
-        "traffic after the bad update",
         Duration::from_secs(20),
-        || answered(&outcomes) >= after_bad + 50,
+        "traffic after the bad update",
+        || (answered(&outcomes) >= after_bad + 50).then_some(()),
     );
 
     // 3. A module that cannot load is rejected the same way.
     let missing = dir.join("no-such-plugin.wasm");
     write_lds(&dir, 4, &sidecar(port, "{}"), &missing);
     wait_until(
-        "the unloadable module to be rejected",
         Duration::from_secs(20),
-        || envoy.stat("listener_manager.lds.update_rejected") > rejected_before + 1,
+        "the unloadable module to be rejected",
+        || (envoy.stat("listener_manager.lds.update_rejected") > rejected_before + 1).then_some(()),
     );
     let after_missing = answered(&outcomes);
     wait_until(
-        "traffic after the unloadable module",
         Duration::from_secs(20),
-        || answered(&outcomes) >= after_missing + 50,
+        "traffic after the unloadable module",
+        || (answered(&outcomes) >= after_missing + 50).then_some(()),
     );
 
-    stop.store(true, Ordering::Relaxed);
-    load.join().unwrap();
+    drop(load);
     let outcomes = outcomes.lock().unwrap();
     assert!(
         outcomes.failures.is_empty(),
@@ -182,4 +174,23 @@ fn plugin_config_changes_under_load() {
         first_new,
         outcomes.clients.len() - first_new
     );
+}
+
+/// The load thread, stopped and joined on every path out of the test, a
+/// failed assertion included.
+struct LoadThread {
+    stop: Arc<AtomicBool>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for LoadThread {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(handle) = self.handle.take() {
+            let joined = handle.join();
+            if !std::thread::panicking() {
+                joined.expect("the load thread panicked");
+            }
+        }
+    }
 }

@@ -13,7 +13,7 @@ use crate::access::Decision;
 use crate::address::IpText;
 use crate::config::{FilterConfig, DEFAULT_CLIENT_IP_HEADER};
 use crate::decide::{decide, RequestFacts, Verdict};
-use crate::envoy_filter_state::{request_object, IP_OBJECT, SET_ENVOY_FILTER_STATE};
+use crate::envoy_filter_state::{client_arguments, FUNCTION, IP_OBJECT};
 use crate::peer::{self, WaypointPeer};
 use crate::resolve::ClientOrigin;
 use crate::rewrite::HeaderEdit;
@@ -168,11 +168,14 @@ impl HttpShared {
         if self.config.publish_ip_filter_state {
             match client {
                 Some(client) => {
-                    let arguments = request_object(IP_OBJECT, client.as_bytes());
-                    host.call_foreign_function(SET_ENVOY_FILTER_STATE, &arguments)
-                        .map_err(|status| {
-                            format!("filter state {IP_OBJECT} not set (host status {status:?})")
-                        })?;
+                    let mut arguments = Vec::new();
+                    client_arguments(client.as_str(), &mut arguments);
+                    if let Err(status) = host.call_foreign_function(FUNCTION, &arguments) {
+                        self.tally.bump(Counter::IpFilterStateUnpublished, 1);
+                        return Err(format!(
+                            "filter state {IP_OBJECT} not set (host status {status:?})"
+                        ));
+                    }
                 }
                 None => self.tally.bump(Counter::IpFilterStateUnpublished, 1),
             }

@@ -16,6 +16,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use super::host::{Host, LogLevel, MetricType, Status};
+use crate::envoy_filter_state::decode;
 
 /// One host call, as recorded.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -338,7 +339,8 @@ impl Host for MockHost {
         if name != "set_envoy_filter_state" || self.0.without_ip_object.get() {
             return Err(Status::NotFound);
         }
-        let (path, value) = decode_filter_state_arguments(arguments).ok_or(Status::BadArgument)?;
+        let arguments = decode(arguments).map_err(|_| Status::BadArgument)?;
+        let (path, value) = (text(arguments.path), arguments.value.to_vec());
         if path != "envoy.network.ip" {
             return Err(Status::NotFound);
         }
@@ -360,25 +362,4 @@ impl Host for MockHost {
             .insert(format!("filter_state.{path}"), value);
         Ok(None)
     }
-}
-
-/// Reads back the two length-delimited fields of `SetEnvoyFilterStateArguments`.
-fn decode_filter_state_arguments(mut bytes: &[u8]) -> Option<(String, Vec<u8>)> {
-    let mut path = None;
-    let mut value = None;
-    while let Some((&tag, rest)) = bytes.split_first() {
-        if tag & 7 == 0 {
-            bytes = rest.get(1..)?;
-            continue;
-        }
-        let (&len, rest) = rest.split_first()?;
-        let field = rest.get(..usize::from(len))?;
-        match tag >> 3 {
-            1 => path = Some(text(field)),
-            2 => value = Some(field.to_vec()),
-            _ => return None,
-        }
-        bytes = rest.get(usize::from(len)..)?;
-    }
-    Some((path?, value?))
 }

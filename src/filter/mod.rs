@@ -14,6 +14,7 @@
 #![cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
 
 mod counters;
+pub use counters::{COUNTERS, MEMORY_GAUGE};
 #[cfg(test)]
 mod flow_tests;
 mod host;

@@ -12,7 +12,7 @@ use super::host::{path, Host};
 use super::http::{ClientIpStream, HttpShared};
 use super::peer_filter::PeerFilter;
 use crate::config::{check_peer_config, FilterConfig};
-use crate::envoy_filter_state::{request_object, IP_OBJECT, SET_ENVOY_FILTER_STATE};
+use crate::envoy_filter_state::{factory_probe, function_probe, judge_probes, Support, FUNCTION};
 
 pub const HTTP_ROOT_ID: &[u8] = b"client_ip";
 pub const PEER_ROOT_ID: &[u8] = b"client_ip_peer";
@@ -143,21 +143,19 @@ impl<H: Host + Clone> PluginRoot<H> {
     }
 }
 
-/// Whether this Envoy can publish `envoy.network.ip`. From a root context
-/// (no request), Envoy looks up the object factory, then builds the object
-/// from the value: a value that is no IP fails there with BadArgument only
-/// when both the foreign function and the factory exist. NotFound means one
-/// of them is missing.
-fn check_ip_filter_state(host: &impl Host) -> Result<(), String> {
-    let probe = request_object(IP_OBJECT, b"not-an-ip");
-    match host.call_foreign_function(SET_ENVOY_FILTER_STATE, &probe) {
-        Err(Status::BadArgument) => Ok(()),
-        Err(Status::NotFound) => Err(format!(
-            "this Envoy lacks the foreign function {SET_ENVOY_FILTER_STATE} or the filter-state object {IP_OBJECT}"
-        )),
-        other => Err(format!(
-            "this Envoy's {SET_ENVOY_FILTER_STATE} answered {other:?} where a host that has it refuses a value that is no IP"
-        )),
+/// Whether this Envoy can publish `envoy.network.ip`, asked from the root
+/// context with two calls that can store nothing (see
+/// [`crate::envoy_filter_state`]): the function first, then the factory.
+fn check_ip_filter_state(host: &impl Host) -> Result<(), Support> {
+    let status = |result: Result<Option<Vec<u8>>, Status>| match result {
+        Ok(_) => 0,
+        Err(status) => status as u32,
+    };
+    let function = status(host.call_foreign_function(FUNCTION, function_probe()));
+    let factory = status(host.call_foreign_function(FUNCTION, &factory_probe()));
+    match judge_probes(function, factory) {
+        Support::Ready => Ok(()),
+        missing => Err(missing),
     }
 }
 
