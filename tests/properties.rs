@@ -144,6 +144,23 @@ proptest! {
     }
 
     #[test]
+    fn dotted_quads_read_as_the_standard_parser_reads_them(text in "[ ]?[0-9.]{0,17}[ ]?") {
+        // Digits and dots alone: the fast path's ground, where the answer
+        // must be `Ipv4Addr`'s, less the unspecified address.
+        let want = text.trim().parse::<std::net::Ipv4Addr>().ok()
+            .filter(|ip| !ip.is_unspecified())
+            .map(IpAddr::V4);
+        prop_assert_eq!(parse_forwarded_entry(text.as_bytes()), want);
+    }
+
+    #[test]
+    fn ipv4_text_is_the_standard_display(bits in any::<u32>()) {
+        let ip = IpAddr::V4(std::net::Ipv4Addr::from(bits));
+        let text = IpText::new(ip);
+        prop_assert_eq!(text.as_str(), ip.to_string());
+    }
+
+    #[test]
     fn config_parser_takes_any_bytes(raw in prop::collection::vec(any::<u8>(), 0..120)) {
         let _ = FilterConfig::from_json(&raw);
     }
