@@ -94,17 +94,45 @@ enum Entries<'a> {
     Single(Option<&'a [u8]>),
 }
 
-type XffEntries<'a> = std::iter::Take<std::slice::RSplit<'a, u8, fn(&u8) -> bool>>;
+/// X-Forwarded-For's entries from the right, at most
+/// [`MAX_FORWARDED_ENTRIES`], as `rsplit(',')` yields them. Written out
+/// because a nameable `RSplit` needs a function pointer, called once per
+/// byte of the header.
+struct XffEntries<'a> {
+    /// What is left to split, `None` once the leftmost entry is out.
+    rest: Option<&'a [u8]>,
+    /// Entries still to yield.
+    left: usize,
+}
+
+impl<'a> Iterator for XffEntries<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        self.left = self.left.checked_sub(1)?;
+        let rest = self.rest?;
+        match rest.iter().rposition(|&b| b == b',') {
+            Some(comma) => {
+                self.rest = rest.get(..comma);
+                rest.get(comma.checked_add(1)?..)
+            }
+            None => {
+                self.rest = None;
+                Some(rest)
+            }
+        }
+    }
+}
 
 impl<'a> Entries<'a> {
     /// `None` when the request does not carry the source (or it is blank).
     fn of(source: &ClientIpSource, value: Option<&'a [u8]>) -> Option<Entries<'a>> {
         let value = value.filter(|value| !value.trim_ascii().is_empty())?;
         Some(match source {
-            ClientIpSource::XForwardedFor => {
-                let comma: fn(&u8) -> bool = |&b| b == b',';
-                Entries::Chain(value.rsplit(comma).take(MAX_FORWARDED_ENTRIES))
-            }
+            ClientIpSource::XForwardedFor => Entries::Chain(XffEntries {
+                rest: Some(value),
+                left: MAX_FORWARDED_ENTRIES,
+            }),
             ClientIpSource::Forwarded => Entries::Forwarded(for_nodes_from_right(value)),
             ClientIpSource::Header(_) => Entries::Single(Some(value)),
         })
@@ -320,6 +348,29 @@ mod tests {
     fn trusting(nets: &[&str]) -> TrustPolicy {
         let nets: Vec<_> = nets.iter().map(|n| n.parse().unwrap()).collect();
         TrustPolicy::new(&nets, 0, TrustedIdentities::default())
+    }
+
+    #[test]
+    fn entries_split_as_rsplit_does() {
+        for value in [
+            &b"1.1.1.1, 2.2.2.2"[..],
+            b"1.1.1.1",
+            b",",
+            b",,1.1.1.1,",
+            b" , ",
+            b"a,b,c,d,e,f,g,h,i,j,k,l,m,n,o,p,q,r,s,t,u,v,w,x,y,z,0,1,2,3,4,5,6,7,8,9",
+        ] {
+            let split: Vec<&[u8]> = XffEntries {
+                rest: Some(value),
+                left: MAX_FORWARDED_ENTRIES,
+            }
+            .collect();
+            let want: Vec<&[u8]> = value
+                .rsplit(|&b| b == b',')
+                .take(MAX_FORWARDED_ENTRIES)
+                .collect();
+            assert_eq!(split, want, "{:?}", String::from_utf8_lossy(value));
+        }
     }
 
     #[test]
