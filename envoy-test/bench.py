@@ -160,10 +160,10 @@ PROBES = [
      "peer record read (`proxy_get_property`, `client_ip_peer`, the peer filter's filter state; "
      "over the peer filter alone)"),
 ]
-# The peer filter (client-ip's network root) beside the empty filter, no
+# The peer filter beside the empty filter, no
 # call: what the filter whose record the peer-record probe reads costs, and
 # the yardstick for that probe.
-PEER_FILTER_PROBE = ("probe_peer_filter", "the peer filter alone (client-ip's network root beside the empty filter; "
+PEER_FILTER_PROBE = ("probe_peer_filter", "the peer filter alone (client-ip's peer filter beside the empty filter; "
                      "its per-connection record, no call per request)")
 # Probes that run the peer filter, measured over it.
 PEER_FILTER_CHAINS = (PEER_FILTER_PROBE[0], "probe_peer_record_read")
@@ -191,8 +191,8 @@ CHAINS = [
     ("module_features", "client-ip, both roots, newer features configured"),
     ("module_opt_ins", "client-ip, both roots, filter state and forged-header count on"),
     ("module_ip_filter_state", "client-ip, both roots, envoy.network.ip published"),
-    ("http_root", "client-ip, HTTP root alone"),
-    ("http_root_quiet", "client-ip, HTTP root alone, writing no header"),
+    ("http_root", "client-ip, HTTP filter alone"),
+    ("http_root_quiet", "client-ip, HTTP filter alone, writing no header"),
     ("none_xff32", "no filter, 32-entry X-Forwarded-For"),
     ("module_xff32", "client-ip, both roots, default configuration, 32-entry X-Forwarded-For"),
     ("module_largest", "client-ip, both roots, largest configuration, 32-entry walk"),
@@ -208,7 +208,7 @@ LABELS = dict(CHAINS)
 CLIENT_IP_CHAINS = ("module", "module_features", "module_opt_ins", "module_ip_filter_state", "http_root",
                     "http_root_quiet", *(("module_compare",) if COMPARE_MODULE else ()), "module_xff32",
                     "module_largest")
-# client-ip chains that run the peer filter (the network root) too.
+# client-ip chains that run the peer filter too.
 BOTH_ROOTS_CHAINS = ("module", "module_features", "module_opt_ins", "module_ip_filter_state", "module_compare",
                      "module_xff32", "module_largest")
 # Chains whose load generator sends the 32-entry X-Forwarded-For; their added
@@ -228,7 +228,7 @@ EXPECTED = {
     "job_floor": (XFF, f"{XFF},{XFF}"),
     **{chain: (PEER, f"{XFF},{PEER}") for chain in ("module", "module_features", "module_opt_ins",
                                                     "module_ip_filter_state", "module_compare")},
-    # The HTTP root alone cannot know the peer here: the client is unknown.
+    # The HTTP filter alone cannot know the peer here: the client is unknown.
     "http_root": (None, XFF),
     "http_root_quiet": (None, XFF),
     "module_xff32": (PEER, f"{XFF_LONG},{PEER}"),
@@ -847,7 +847,7 @@ def write_report(args, chains, workloads, results, rounds, memory):
         "- Check: before the runs, one request through each chain doing the job, against an upstream route that "
         "echoes what it received; a chain that forwards another client header or X-Forwarded-For than the path it "
         "claims to measure stops the bench",
-        "- Empty Wasm HTTP filter: `envoy-test/empty-filter.wat`, the HTTP root's three per-stream callbacks doing "
+        "- Empty Wasm HTTP filter: `envoy-test/empty-filter.wat`, the HTTP filter's three per-stream callbacks doing "
         "nothing: what Envoy charges any proxy-wasm filter",
         "- Floors: `envoy-test/job-floor.wat`, no SDK: per request it reads `source.address` and "
         "`X-Forwarded-For`, replaces `x-real-ip` with the address and `X-Forwarded-For` with the received value, "
@@ -855,7 +855,7 @@ def write_report(args, chains, workloads, results, rounds, memory):
         "port and strips IPv6 brackets, as the job needs; the *bare floor* (plugin configuration `bare`) writes "
         "the property's bytes as they are and parses nothing, the stricter yardstick. On these listeners Envoy's "
         "`source.address` is the rightmost `X-Forwarded-For` entry with port 0 (the reason client-ip has a "
-        "network root), so here they write that address; the calls, and what they cost, are the same",
+        "peer filter), so here they write that address; the calls, and what they cost, are the same",
         "- Probes: `envoy-test/host-call-probe.wat`, the empty filter making one host call per request, chosen by "
         "its plugin configuration, and `envoy-test/extra-entry-filter.wat`, the empty filter with one more callback; "
         "the peer-record probe runs client-ip's peer filter beside it and is measured over a chain with that filter "
@@ -866,7 +866,7 @@ def write_report(args, chains, workloads, results, rounds, memory):
         "`Forwarded` is never read); the opt-ins chain configures "
         f"`{MODULE_OPT_INS_CONFIG}`, one more host call each per request; the envoy.network.ip chain configures "
         f"`{MODULE_IP_FILTER_STATE_CONFIG}`, one foreign function call (`set_envoy_filter_state`) per request",
-        "- client-ip, HTTP root alone: without the network root's record, and with `X-Forwarded-For` present, the "
+        "- client-ip, HTTP filter alone: without the peer filter's record, and with `X-Forwarded-For` present, the "
         "peer cannot be known on these listeners (Envoy's `source.address` is the header's entry, port 0), so these "
         "chains measure that path: the client is unknown and `x-real-ip` is removed, not written",
         f"- Largest configuration: the load generator sends a 32-entry `X-Forwarded-For` (`{CLIENT}` then 31 "
