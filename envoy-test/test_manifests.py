@@ -192,6 +192,19 @@ def test_the_schema_check_catches_a_bad_manifest():
         assert any(v.startswith(path + " ") for v in violations), (path, violations)
 
 
+def assert_schema_catches(good, breakages):
+    """`good` passes the schema, and each breakage (a path, and a change to a
+    copy of `good`'s spec) fails it at that path."""
+    docs = []
+    for breakage in breakages.values():
+        doc = copy.deepcopy(good)
+        breakage(doc["spec"])
+        docs.append(doc)
+    assert schema_violations(good) == [[]]
+    for path, violations in zip(breakages, schema_violations(*docs)):
+        assert any(v.startswith(path + " ") for v in violations), (path, violations)
+
+
 def test_the_schema_check_catches_a_bad_destination_rule():
     """The DestinationRule schema is really applied: each of these breaks it
     in one place."""
@@ -204,14 +217,7 @@ def test_the_schema_check_catches_a_bad_destination_rule():
         lb + "/consistentHash": lambda spec: spec["trafficPolicy"]["loadBalancer"]["consistentHash"].update(useSourceIp=True),
         lb + "/consistentHash/httpHeaderName": lambda spec: spec["trafficPolicy"]["loadBalancer"]["consistentHash"].update(httpHeaderName=7),
     }
-    docs = []
-    for breakage in breakages.values():
-        doc = copy.deepcopy(good)
-        breakage(doc["spec"])
-        docs.append(doc)
-    assert schema_violations(good) == [[]]
-    for path, violations in zip(breakages, schema_violations(*docs)):
-        assert any(v.startswith(path + " ") for v in violations), (path, violations)
+    assert_schema_catches(good, breakages)
     # A duration is one of the CRD's CEL rules, checked by hand.
     with pytest.raises(AssertionError, match="1ms"):
         check_destination_rule_cel_rules({"host": "h", "trafficPolicy": {"connectionPool": {"tcp": {"connectTimeout": "0.5ms"}}}})
@@ -365,14 +371,7 @@ def test_the_schema_check_catches_a_bad_authorization_policy():
         "/spec/rules/0/from/0/source/principals": lambda spec: spec["rules"][0]["from"][0]["source"].update(principals="x"),
         "/spec/selector/matchLabels/app": lambda spec: spec["selector"]["matchLabels"].update(app=7),
     }
-    docs = []
-    for breakage in breakages.values():
-        doc = copy.deepcopy(good)
-        breakage(doc["spec"])
-        docs.append(doc)
-    assert schema_violations(good) == [[]]
-    for path, violations in zip(breakages, schema_violations(*docs)):
-        assert any(v.startswith(path + " ") for v in violations), (path, violations)
+    assert_schema_catches(good, breakages)
     with pytest.raises(AssertionError, match="only one of targetRefs or selector"):
         check_authorization_policy_cel_rules(dict(good["spec"], targetRefs=[{"kind": "Service", "group": "", "name": "h"}]))
 
@@ -493,14 +492,7 @@ def test_the_schema_check_catches_a_bad_envoy_filter():
         patch + "/patch/operation": lambda spec: spec["configPatches"][0]["patch"].update(operation="INSERT_SOMEWHERE"),
         "/spec/workloadSelector/labels/app": lambda spec: spec["workloadSelector"]["labels"].update(app=7),
     }
-    docs = []
-    for breakage in breakages.values():
-        doc = copy.deepcopy(good)
-        breakage(doc["spec"])
-        docs.append(doc)
-    assert schema_violations(good) == [[]]
-    for path, violations in zip(breakages, schema_violations(*docs)):
-        assert any(v.startswith(path + " ") for v in violations), (path, violations)
+    assert_schema_catches(good, breakages)
     # istiod's own rules, checked by hand.
     bad = copy.deepcopy(good["spec"])
     bad["configPatches"][0]["applyTo"] = "NETWORK_FILTER"
