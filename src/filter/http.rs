@@ -35,20 +35,11 @@ pub struct HttpShared {
     pub tally: Tally,
     /// Local replies' headers, serialised once.
     reply_headers: Vec<u8>,
-    /// The property path of the client source header. The attribute holds
-    /// every line of a repeated header, joined by commas, where a header read
-    /// returns the first only: a client's own line must not hide the proxy's.
-    source_path: [String; 3],
 }
 
 impl HttpShared {
     pub fn new(config: FilterConfig) -> Self {
         HttpShared {
-            source_path: [
-                "request".to_owned(),
-                "headers".to_owned(),
-                config.source.header_name().to_owned(),
-            ],
             config,
             tally: Tally::default(),
             reply_headers: serialize_headers(&[("content-type", "text/plain")]),
@@ -63,7 +54,6 @@ impl HttpShared {
         let mut facts = HostFacts {
             host,
             config: &self.config,
-            source_path: &self.source_path,
         };
         let verdict = decide(&self.config, peer, &mut facts);
         self.count(&verdict);
@@ -211,7 +201,6 @@ fn shown(client: Option<&IpText>) -> &str {
 struct HostFacts<'a, H> {
     host: &'a H,
     config: &'a FilterConfig,
-    source_path: &'a [String; 3],
 }
 
 impl<H: Host> RequestFacts for HostFacts<'_, H> {
@@ -238,9 +227,11 @@ impl<H: Host> RequestFacts for HostFacts<'_, H> {
     }
 
     fn source_header(&mut self) -> Option<Vec<u8>> {
-        let [a, b, c] = self.source_path;
-        let path = [a.as_str(), b.as_str(), c.as_str()];
-        read(self.host, self.config.source.header_name(), &path)
+        // The `request.headers` attribute holds every line of a repeated
+        // header, joined by commas, where a header read returns the first
+        // only: a client's own line must not hide the proxy's.
+        let name = self.config.source.header_name();
+        read(self.host, name, &["request", "headers", name])
     }
 
     fn client_header(&mut self) -> Option<Vec<u8>> {
