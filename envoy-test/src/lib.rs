@@ -941,17 +941,7 @@ impl Response {
         let echo: Value =
             serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body));
         Received {
-            headers: echo["headers"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|pair| {
-                    (
-                        pair[0].as_str().unwrap().to_owned(),
-                        pair[1].as_str().unwrap().to_owned(),
-                    )
-                })
-                .collect(),
+            headers: header_pairs(&echo["headers"]),
         }
     }
 }
@@ -985,6 +975,22 @@ fn regex_escaped(name: &str) -> String {
         escaped.push(c);
     }
     escaped
+}
+
+/// Headers written as a JSON array of `[name, value]` pairs, as the echo
+/// upstream and `client-ip resolve --format json` write them.
+pub fn header_pairs(pairs: &Value) -> Vec<(String, String)> {
+    pairs
+        .as_array()
+        .expect("an array of [name, value] pairs")
+        .iter()
+        .map(|pair| {
+            (
+                pair[0].as_str().unwrap().to_owned(),
+                pair[1].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -39,7 +39,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use envoy_test::pki::{Identity, Pki};
-use envoy_test::{repo_root, Envoy, Listener, ListenerTls, Request, Response, ScratchDir};
+use envoy_test::{
+    header_pairs, repo_root, Envoy, Listener, ListenerTls, Request, Response, ScratchDir,
+};
 use serde_json::Value;
 
 struct Case {
@@ -62,17 +64,7 @@ fn cases() -> Vec<Case> {
             config: case["config"].to_string(),
             peer: case["peer"].as_str().unwrap().to_owned(),
             identity: case["identity"].as_str().map(str::to_owned),
-            headers: case["headers"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|pair| {
-                    (
-                        pair[0].as_str().unwrap().to_owned(),
-                        pair[1].as_str().unwrap().to_owned(),
-                    )
-                })
-                .collect(),
+            headers: header_pairs(&case["headers"]),
             client: case["client"].as_str().unwrap().to_owned(),
             decision: case["decision"].as_str().unwrap().to_owned(),
         })
@@ -265,17 +257,7 @@ fn resolve_agrees_with_envoy_on_every_shared_case() {
             .filter(|(n, _)| names.contains(n))
             .cloned()
             .collect();
-        let from_command: Vec<(String, String)> = resolved["headers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|pair| {
-                (
-                    pair[0].as_str().unwrap().to_owned(),
-                    pair[1].as_str().unwrap().to_owned(),
-                )
-            })
-            .collect();
+        let from_command = header_pairs(&resolved["headers"]);
         assert_eq!(from_command, from_envoy, "{name}: headers");
         if let Some(header) = header {
             assert_eq!(received.one(&header), case.client, "{name}: Envoy's client");
