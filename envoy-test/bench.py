@@ -36,11 +36,18 @@ the longest walk (a 32-entry X-Forwarded-For, every entry trusted but the
 leftmost), beside client-ip's default configuration fed the same header, and
 a no-filter chain fed it too as their baseline.
 
+The verdicts against the floors come from a second phase, side by side: the
+floors, client-ip and the no-filter chain each in its own Envoy under test,
+all loaded at once, window after window (SIDE_BY_SIDE_GROUPS), so that a
+machine shared with others slows them alike; one after another, chains a few
+seconds apart can differ by more than the cost being judged.
+
 Before measuring, one request per chain doing the job checks what the
 upstream received (the client header and X-Forwarded-For), so each chain is
 known to take the path it claims to measure.
 
 Environment (or the matching options): BENCH_ROUNDS, BENCH_SECONDS,
+BENCH_WINDOWS (side-by-side windows per workload),
 BENCH_CHAINS (comma-separated chain names or shell patterns; the no-filter
 chain always runs, and the 32-entry chains bring the chains they are read
 against), BENCH_WORKLOADS (keep-alive, new-connection, http2),
@@ -48,6 +55,7 @@ BENCH_OUT (the report's path; the chart goes beside it as benchmarks.svg).
 """
 
 import argparse
+import concurrent.futures
 import fnmatch
 import json
 import os
@@ -255,6 +263,19 @@ WAYPOINT_IDENTITIES_CONFIG = json.dumps({
     "xff_mode": "overwrite",
 })
 WAYPOINT_PRINCIPAL = "spiffe://cluster.local/ns/default/sa/sleep"
+
+# The verdicts against the floors are read from chains run side by side: each
+# in its own Envoy under test, all loaded at once, window after window, so
+# that whatever slows the machine in a window slows them alike (run one after
+# another, on a shared machine, chains a few seconds apart can differ by more
+# than the whole cost being judged). A group runs only when all its chains are
+# selected.
+SIDE_BY_SIDE_GROUPS = (
+    ("none", "bare_floor", "job_floor", "module"),
+    ("waypoint_none", "waypoint_job_floor", "waypoint_module"),
+)
+# The chain each side-by-side chain's added cost is taken over.
+SIDE_BY_SIDE_BASE = {"waypoint_job_floor": "waypoint_none", "waypoint_module": "waypoint_none"}
 
 CHECK_HEADER = "x-bench-check"
 WRK_CONNECTIONS = 16
@@ -665,6 +686,8 @@ def main():
                         help="comma-separated chain names or patterns (default: all)")
     parser.add_argument("--workloads", default=os.environ.get("BENCH_WORKLOADS", ""),
                         help="comma-separated workloads (default: all)")
+    parser.add_argument("--windows", type=int, default=int(os.environ.get("BENCH_WINDOWS") or 15),
+                        help="side-by-side windows per workload, each --seconds long")
     parser.add_argument("--out", default=os.environ.get("BENCH_OUT") or str(REPO / "BENCHMARKS.md"))
     parser.add_argument("--list", action="store_true", help="list the chains and workloads, and exit")
     args = parser.parse_args()
@@ -673,13 +696,15 @@ def main():
             print(f"{chain:26} {label}")
         print("workloads:", ", ".join(w for w, _ in WORKLOADS))
         return
-    if args.rounds < 1 or args.seconds < 1:
-        sys.exit("bench: --rounds and --seconds must be at least 1")
+    if args.rounds < 1 or args.seconds < 1 or args.windows < 1:
+        sys.exit("bench: --rounds, --seconds and --windows must be at least 1")
     # The default chains must configure none of the features, so that their
     # figures show what an unset feature costs.
     for field in FEATURE_FIELDS:
         assert field not in json.loads(MODULE_DEFAULT_CONFIG), field
     signal.signal(signal.SIGTERM, on_sigterm)
+    # Made before the run, so that a long run never ends with nowhere to write.
+    pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     try:
         chains = select([c for c, _ in CHAINS], split_list(args.chains), "chain")
         # The largest configuration is read against the default one fed the
@@ -698,12 +723,12 @@ def main():
                 if base not in chains:
                     chains.insert(1, base)
         workloads = select([w for w, _ in WORKLOADS], split_list(args.workloads), "workload")
-        results, rounds, memory = run(args, chains, workloads)
+        results, rounds, memory, windows = run(args, chains, workloads)
     except BenchError as error:
         sys.exit(f"bench: {error}")
     except KeyboardInterrupt:
         sys.exit("bench: interrupted")
-    write_report(args, chains, workloads, results, rounds, memory)
+    write_report(args, chains, workloads, results, rounds, memory, windows)
 
 
 def run(args, chains, workloads):
@@ -754,6 +779,11 @@ def run(args, chains, workloads):
         if any(c in CLIENT_IP_CHAINS or c in WAYPOINT_MODULE_CHAINS for c in chains):
             time.sleep(1.5)  # the filter publishes its gauges once a second
             memory = vm_memory_bytes(admin)
+        processes.stop_all()
+        windows = {}
+        for group in SIDE_BY_SIDE_GROUPS:
+            if all(c in chains for c in group):
+                windows[group] = side_by_side(args, group, workloads, compiled, processes, workdir)
     finally:
         processes.stop_all()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -761,7 +791,49 @@ def run(args, chains, workloads):
     results = {w: {c: {k: statistics.median(s[k] for s in runs) for k in ("rps", "p50", "p99", "cpu_us")}
                    for c, runs in by_chain.items()} for w, by_chain in samples.items()}
     rounds = {w: {c: [s["cpu_us"] for s in runs] for c, runs in by_chain.items()} for w, by_chain in samples.items()}
-    return results, rounds, memory
+    return results, rounds, memory, windows
+
+
+def side_by_side(args, group, workloads, compiled, processes, workdir):
+    """The group's chains, each in its own Envoy under test (one worker), all
+    driven at once for a window, then again: windows[workload][chain] is the
+    CPU per request of each window."""
+    upstream_port, upstream_admin = free_port(), free_port()
+    envoys = {}
+    hbone = {}
+    for chain in group:
+        admin, port = free_port(), free_port()
+        terminate_ports = None
+        if chain in WAYPOINT_CHAINS:
+            terminate_ports = {chain: free_port()}
+            hbone[chain] = (port, terminate_ports[chain])
+        config = under_test_config(admin, {chain: port}, upstream_port, compiled, terminate_ports)
+        envoys[chain] = (processes.start_envoy(config, f"side_by_side_{chain}"), admin, port)
+    upstream = processes.start_envoy(upstream_config(upstream_admin, upstream_port, hbone), "side_by_side_upstream")
+    wait_ready(upstream_admin, upstream, "side-by-side upstream")
+    for chain, (process, admin, port) in envoys.items():
+        wait_ready(admin, process, f"side-by-side {chain}")
+        check_chain(chain, port)
+        (workdir / f"side_by_side_{chain}").mkdir(exist_ok=True)
+
+    def one(workload, seconds, chain):
+        process, _, port = envoys[chain]
+        return measure(workload, port, seconds, process.pid, workdir / f"side_by_side_{chain}", chain_xff(chain))
+
+    windows = {w: {c: [] for c in group} for w in workloads}
+    with concurrent.futures.ThreadPoolExecutor(len(group)) as pool:
+        for workload in workloads:
+            try:
+                list(pool.map(lambda c: one(workload, 1, c), group))  # warm-up, not recorded
+                for window in range(args.windows):
+                    samples = list(pool.map(lambda c: one(workload, args.seconds, c), group))
+                    for chain, sample in zip(group, samples):
+                        windows[workload][chain].append(sample["cpu_us"])
+                    print(f"{workload:>14} side by side {window + 1}/{args.windows}: " + "  ".join(
+                        f"{c} {s['cpu_us']:.1f}" for c, s in zip(group, samples)) + " µs CPU/req", flush=True)
+            except BenchError as error:
+                raise BenchError(f"side by side, {workload}: {error}")
+    return windows
 
 
 def baseline(chain):
@@ -816,7 +888,32 @@ def svg_chart(chains, workloads, results, path):
     path.write_text("\n".join(lines) + "\n")
 
 
-def write_report(args, chains, workloads, results, rounds, memory):
+def side_by_side_cell(windows, workload, chain, reference, target):
+    """`1.04× (0.91–1.20), met`: the ratio of the windows' median added CPU,
+    the quartiles of the windows' own ratios, the verdict against the target."""
+    by = windows[workload]
+    base = by[SIDE_BY_SIDE_BASE.get(chain, "none")]
+    added = [c - b for c, b in zip(by[chain], base)]
+    divisors = [r - b for r, b in zip(by[reference], base)]
+    divisor = statistics.median(divisors)
+    if divisor <= 0:
+        return "n/a (divisor ≤ 0)"
+    multiple = statistics.median(added) / divisor
+    per_window = [a / d for a, d in zip(added, divisors) if d > 0]
+    spread = ""
+    if len(per_window) >= 4:
+        low, _, high = statistics.quantiles(per_window, n=4)
+        spread = f" ({low:.2f}–{high:.2f})"
+    return f"{multiple:.2f}×{spread}, {'met' if multiple <= target else 'missed'}"
+
+
+def side_by_side_added(windows, workload, chain):
+    by = windows[workload]
+    base = by[SIDE_BY_SIDE_BASE.get(chain, "none")]
+    return statistics.median(c - b for c, b in zip(by[chain], base))
+
+
+def write_report(args, chains, workloads, results, rounds, memory, windows):
     out = pathlib.Path(args.out)
     chart = out.with_name("benchmarks.svg")
     svg_chart(chains, workloads, results, chart)
@@ -897,8 +994,32 @@ def write_report(args, chains, workloads, results, rounds, memory):
                          f"{r['p99']:.3f} | {r['cpu_us']:.1f} | {added[workload][chain]:+.1f} |{multiples}")
         lines.append("")
 
+    floor_group, waypoint_group = SIDE_BY_SIDE_GROUPS
+    side_by_side_note = (
+        f"Each chain runs in its own Envoy under test (one worker) and all of them are loaded at once, "
+        f"{args.windows} windows of {args.seconds} s per workload, so that whatever slows the machine in a window "
+        "slows them alike; figures are each window's CPU per request over its own no-filter chain's. The multiple "
+        "is the ratio of the windows' medians; in brackets, the quartiles of the windows' own ratios.")
+    if floor_group in windows:
+        lines += ["## Against the floors", "",
+                  f"client-ip's added CPU per request as a multiple of each floor's (target: at most "
+                  f"{FLOOR_TARGET:.2f}× the job floor with keep-alive and over HTTP/2; the bare floor, which "
+                  f"parses nothing, is the stricter check). {side_by_side_note} The tables above, one chain after "
+                  "another, show every chain's multiples too, but on a shared machine seconds apart can differ by "
+                  "more than the cost judged here.", "",
+                  "| chain | floor | " + " | ".join(WORKLOAD_TITLES[w] for w in workloads) + " |",
+                  "|---|---|" + "---:|" * len(workloads)]
+        for floor in FLOORS:
+            cells = [side_by_side_cell(windows[floor_group], w, "module", floor, FLOOR_TARGET) for w in workloads]
+            lines.append(f"| {LABELS['module']} | {floor_names[floor]} | " + " | ".join(cells) + " |")
+        for chain, name in (("bare_floor", "the bare floor"), ("job_floor", "the job floor"), ("module", "client-ip")):
+            lines.append(f"| *{name}'s added µs/req, side by side* | | "
+                         + " | ".join(f"{side_by_side_added(windows[floor_group], w, chain):+.1f}"
+                                      for w in workloads) + " |")
+        lines.append("")
+
     module_chains = [c for c in CLIENT_IP_CHAINS if c in chains and c in JOB_CHAINS]
-    if floors and module_chains:
+    if floors and module_chains and floor_group not in windows:
         lines += ["## Against the floors", "",
                   f"client-ip's added CPU per request as a multiple of each floor's (target: at most "
                   f"{FLOOR_TARGET:.2f}× the job floor; the bare floor, which parses nothing, is the stricter check). "
@@ -930,6 +1051,22 @@ def write_report(args, chains, workloads, results, rounds, memory):
         lines.append("| largest ÷ default | " + " | ".join(
             multiple_cell(added, rounds, w, "module_largest", "module_xff32", LARGEST_TARGET)
             for w in workloads) + " |")
+        lines.append("")
+
+    if waypoint_group in windows:
+        lines += ["## On a waypoint, side by side", "",
+                  "client-ip's HTTP filter on the waypoint's structure, against the job floor on the same "
+                  f"structure, both over `waypoint_none` (target: at most {FLOOR_TARGET:.2f}×). {side_by_side_note}",
+                  "",
+                  "| chain | " + " | ".join(WORKLOAD_TITLES[w] for w in workloads) + " |",
+                  "|---|" + "---:|" * len(workloads),
+                  f"| {LABELS['waypoint_module']} | " + " | ".join(
+                      side_by_side_cell(windows[waypoint_group], w, "waypoint_module", "waypoint_job_floor",
+                                        FLOOR_TARGET) for w in workloads) + " |"]
+        for chain in ("waypoint_job_floor", "waypoint_module"):
+            lines.append(f"| *{LABELS[chain]}, added µs/req, side by side* | "
+                         + " | ".join(f"{side_by_side_added(windows[waypoint_group], w, chain):+.1f}"
+                                      for w in workloads) + " |")
         lines.append("")
 
     waypoint_chains = [c for c in WAYPOINT_MODULE_CHAINS if c in chains]
