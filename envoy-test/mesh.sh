@@ -165,11 +165,12 @@ trap stop EXIT
 trap 'exit 0' INT TERM HUP
 
 # httpbin logs each request as it arrived: from the sidecar's 127.0.0.6, with
-# the headers the sidecar handed on.
+# the headers the sidecar handed on. gunicorn's control socket is one path in
+# $HOME for every instance: the mesh runs three, and leaves nothing there.
 for instance in 1 2; do
   port=$APP_PORT
   [ $instance = 1 ] || port=$APP2_PORT
-  "$VENV/bin/gunicorn" --bind "127.0.0.1:$port" --workers 2 --log-level warning \
+  "$VENV/bin/gunicorn" --bind "127.0.0.1:$port" --workers 2 --log-level warning --no-control-socket \
     --access-logfile - \
     --access-logformat "{\"app\":\"httpbin-$instance\",\"remote_addr\":\"%(h)s\",\"path\":\"%(U)s\",\"status\":%(s)s,\"x_real_ip\":\"%({x-real-ip}i)s\",\"x_forwarded_for\":\"%({x-forwarded-for}i)s\"}" \
     httpbin:app &
@@ -177,7 +178,7 @@ for instance in 1 2; do
 done
 # httpbin-ambient, the ambient part's app, in its pod at 127.0.0.40: its
 # peer is whoever ztunnel connected from (the waypoint, 127.0.0.30).
-"$VENV/bin/gunicorn" --bind "127.0.0.40:$AMBIENT_APP_PORT" --workers 2 --log-level warning \
+"$VENV/bin/gunicorn" --bind "127.0.0.40:$AMBIENT_APP_PORT" --workers 2 --log-level warning --no-control-socket \
   --access-logfile - \
   --access-logformat "{\"app\":\"httpbin-ambient\",\"remote_addr\":\"%(h)s\",\"path\":\"%(U)s\",\"status\":%(s)s,\"x_real_ip\":\"%({x-real-ip}i)s\",\"x_forwarded_for\":\"%({x-forwarded-for}i)s\"}" \
   httpbin:app &

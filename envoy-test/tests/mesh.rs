@@ -142,6 +142,8 @@ struct Mesh {
     /// Every access-log line printed so far.
     access_log: RefCell<Vec<Value>>,
     run_dir: TempDir,
+    /// The mesh's $HOME, which it must leave as it found it: empty.
+    home: TempDir,
 }
 
 impl Mesh {
@@ -158,6 +160,7 @@ impl Mesh {
             .collect();
         drop(held);
         let run_dir = TempDir::new("mesh");
+        let home = TempDir::new("mesh-home");
         let venv = envoy_bin()
             .parent()
             .unwrap()
@@ -168,6 +171,7 @@ impl Mesh {
         command
             .env("VENV", venv)
             .env("RUN_DIR", run_dir.path())
+            .env("HOME", home.path())
             .env("MODULE", module_path())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -196,6 +200,7 @@ impl Mesh {
             lines,
             access_log: RefCell::new(Vec::new()),
             run_dir,
+            home,
         };
         mesh.wait_for_line("mesh: ready", Duration::from_secs(120));
         mesh
@@ -709,6 +714,14 @@ fn walkthrough_over_mtls_access_control_affinity_and_proxy_protocol() {
             "{var} still bound after Ctrl-C"
         );
     }
+    let left_in_home: Vec<_> = std::fs::read_dir(mesh.home.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name())
+        .collect();
+    assert!(
+        left_in_home.is_empty(),
+        "make run left {left_in_home:?} in $HOME"
+    );
 }
 
 /// httpbin's sidecars refuse 127.0.0.66 (deny_clients): the client they
