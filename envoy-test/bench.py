@@ -1018,24 +1018,6 @@ def write_report(args, chains, workloads, results, rounds, memory, windows):
                                       for w in workloads) + " |")
         lines.append("")
 
-    module_chains = [c for c in CLIENT_IP_CHAINS if c in chains and c in JOB_CHAINS]
-    if floors and module_chains and floor_group not in windows:
-        lines += ["## Against the floors", "",
-                  f"client-ip's added CPU per request as a multiple of each floor's (target: at most "
-                  f"{FLOOR_TARGET:.2f}× the job floor; the bare floor, which parses nothing, is the stricter check). "
-                  "In brackets, the lowest and highest over the rounds, each round's chains against that round's "
-                  "floor and no-filter runs.", "",
-                  "| chain | floor | " + " | ".join(WORKLOAD_TITLES[w] for w in workloads) + " |",
-                  "|---|---|" + "---:|" * len(workloads)]
-        for chain in module_chains:
-            for floor in floors:
-                cells = [multiple_cell(added, rounds, w, chain, floor, FLOOR_TARGET) for w in workloads]
-                lines.append(f"| {LABELS[chain]} | {floor_names[floor]} | " + " | ".join(cells) + " |")
-        for floor in floors:
-            lines.append(f"| *the {floor_names[floor]}'s added µs/req, the divisor* | | "
-                         + " | ".join(f"{added[w][floor]:+.1f}" for w in workloads) + " |")
-        lines.append("")
-
     if "module_largest" in chains and "module_xff32" in chains:
         lines += ["## The largest configuration", "",
                   "client-ip's added CPU per request with every address list at its cap and the longest walk, "
