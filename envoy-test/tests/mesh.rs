@@ -282,43 +282,17 @@ impl Mesh {
     /// Waits (up to 10 s: the filter hands its counts to Envoy once a second
     /// per worker) until the counter reaches `at_least`, and returns it.
     fn wait_for_counter(&self, name: &str, at_least: u64) -> u64 {
-        let last = Cell::new(None);
-        wait_until(
-            Duration::from_secs(10),
-            Lazy(|f: &mut fmt::Formatter<'_>| {
-                let last = last.get();
-                write!(
-                    f,
-                    "the sidecars' {name} to reach {at_least} (last {last:?})"
-                )
-            }),
-            || {
-                let value = self.sidecar_counter(name);
-                last.set(Some(value));
-                (value >= at_least).then_some(value)
-            },
-        )
+        wait_for_at_least(&format!("the sidecars' {name}"), at_least, || {
+            self.sidecar_counter(name)
+        })
     }
 
     /// Waits (up to 10 s) until a stat of the Envoy at `admin_var` reaches
     /// `at_least`, and returns it.
     fn wait_for_stat(&self, admin_var: &str, name: &str, at_least: u64) -> u64 {
-        let last = Cell::new(None);
-        wait_until(
-            Duration::from_secs(10),
-            Lazy(|f: &mut fmt::Formatter<'_>| {
-                let last = last.get();
-                write!(
-                    f,
-                    "{name} at {admin_var} to reach {at_least} (last {last:?})"
-                )
-            }),
-            || {
-                let value = self.stat(admin_var, name);
-                last.set(Some(value));
-                (value >= at_least).then_some(value)
-            },
-        )
+        wait_for_at_least(&format!("{name} at {admin_var}"), at_least, || {
+            self.stat(admin_var, name)
+        })
     }
 
     fn url(&self, var: &str, path: &str) -> String {
@@ -355,6 +329,24 @@ impl Mesh {
         self.pgid = None;
         status
     }
+}
+
+/// Waits (up to 10 s) until `read` gives at least `at_least`, and returns
+/// what it gave; on timeout the message names `what` and its last value.
+fn wait_for_at_least(what: &str, at_least: u64, read: impl Fn() -> u64) -> u64 {
+    let last = Cell::new(None);
+    wait_until(
+        Duration::from_secs(10),
+        Lazy(|f: &mut fmt::Formatter<'_>| {
+            let last = last.get();
+            write!(f, "{what} to reach {at_least} (last {last:?})")
+        }),
+        || {
+            let value = read();
+            last.set(Some(value));
+            (value >= at_least).then_some(value)
+        },
+    )
 }
 
 impl Drop for Mesh {
