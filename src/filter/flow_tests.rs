@@ -143,16 +143,17 @@ fn the_opt_ins_cost_one_call_each() {
 }
 
 #[test]
-fn without_the_peer_filter_the_socket_peer_costs_one_more_read() {
+fn without_the_peer_filter_the_socket_peer_costs_two_more_reads() {
     let (root, host) = http_filter("{}");
     let host = host.with_property(path::SOURCE_ADDRESS, b"127.0.0.9:4711");
     let (_, calls) = serve(&root, &host, &[]);
-    assert_eq!(calls.len(), 5, "{calls:#?}");
+    assert_eq!(calls.len(), 6, "{calls:#?}");
     assert_eq!(
-        calls.get(..2),
+        calls.get(..3),
         Some(
             &[
                 get_property(path::PEER_RECORD),
+                get_property(path::WAYPOINT_PEER_PORT),
                 get_property(path::SOURCE_ADDRESS)
             ][..]
         )
@@ -177,8 +178,8 @@ fn an_unknown_peer_writes_no_client() {
         Some(
             &[
                 get_property(path::PEER_RECORD),
-                get_property(path::SOURCE_ADDRESS),
                 get_property(path::WAYPOINT_PEER_PORT),
+                get_property(path::SOURCE_ADDRESS),
             ][..]
         )
     );
@@ -206,8 +207,10 @@ fn behind_a_waypoint_the_hbone_peer_is_the_peer() {
         &host,
         &[("x-forwarded-for", "6.6.6.6"), ("x-real-ip", "6.6.6.6")],
     );
-    // The record and source.address, then the waypoint's port and address.
-    assert_eq!(calls.len(), 7, "{calls:#?}");
+    // The peer filter's record (absent), then the waypoint's port and
+    // address; source.address, a forgery here, is never read.
+    assert_eq!(calls.len(), 6, "{calls:#?}");
+    assert!(!calls.contains(&get_property(path::SOURCE_ADDRESS)));
     assert_eq!(host.header("x-real-ip").as_deref(), Some("10.244.1.7"));
     assert_eq!(
         host.header("x-forwarded-for").as_deref(),
@@ -220,12 +223,27 @@ fn a_waypoint_peer_forged_on_the_connect_is_unknown_and_counted() {
     let host = waypoint(0);
     let mut root = configured(host.clone(), "{}");
     let (_, calls) = serve(&root, &host, &[("x-real-ip", "6.6.6.6")]);
-    // The forged address is never read.
+    // The forged address is never read, nor source.address after it.
     assert!(!calls.contains(&get_property(path::WAYPOINT_PEER_IP)));
+    assert!(!calls.contains(&get_property(path::SOURCE_ADDRESS)));
     assert_eq!(host.header("x-real-ip"), None);
     root.on_tick();
     assert_eq!(host.metric("client_ip.peer_forged_on_connect"), 1);
     assert_eq!(host.metric("client_ip.peer_unknown"), 1);
+}
+
+/// A waypoint record this filter cannot read (an address that is none)
+/// decides nothing: the socket's peer, when Envoy has it, still does.
+#[test]
+fn an_unreadable_waypoint_record_leaves_the_socket_peer() {
+    let host = MockHost::default()
+        .with_property(path::SOURCE_ADDRESS, b"127.0.0.9:4711")
+        .with_property(path::WAYPOINT_PEER_IP, b"not-an-address")
+        .with_property(path::WAYPOINT_PEER_PORT, &43512_i64.to_le_bytes());
+    let root = configured(host.clone(), "{}");
+    let (_, calls) = serve(&root, &host, &[]);
+    assert!(calls.contains(&get_property(path::WAYPOINT_PEER_IP)));
+    assert_eq!(host.header("x-real-ip").as_deref(), Some("127.0.0.9"));
 }
 
 #[test]

@@ -246,28 +246,34 @@ fn read_peer(host: &impl Host, tally: &Tally) -> Option<IpAddr> {
     if let Some(record) = read(host, "peer record", path::PEER_RECORD) {
         return known(peer::from_peer_filter(&record), tally);
     }
-    if let Some(source) = read(host, "source address", path::SOURCE_ADDRESS) {
-        if let Some(peer) = peer::from_source_address(&source) {
-            return Some(peer);
-        }
-    }
-    // The port first: when it is absent there is no waypoint record, and
-    // when it is 0 the address is a forgery not worth reading.
-    let port = read(host, "waypoint peer port", path::WAYPOINT_PEER_PORT);
-    let mut waypoint = peer::from_waypoint(None, port.as_deref());
-    if port.is_some() && waypoint != WaypointPeer::ForgedOnConnect {
-        let ip = read(host, "waypoint peer", path::WAYPOINT_PEER_IP);
-        waypoint = peer::from_waypoint(ip.as_deref(), port.as_deref());
-    }
-    match waypoint {
-        WaypointPeer::Peer(peer) => Some(peer),
+    // The waypoint's record before `source.address`: behind a waypoint the
+    // request's X-Forwarded-For has mostly made that one a forgery, so
+    // reading it first would cost every such request a read.
+    match read_waypoint_peer(host) {
+        WaypointPeer::Peer(peer) => return Some(peer),
         WaypointPeer::ForgedOnConnect => {
             tally.bump(Counter::PeerForgedOnConnect, 1);
             log::debug!("the HBONE CONNECT carried the peer's address: peer unknown");
-            known(None, tally)
+            return known(None, tally);
         }
-        WaypointPeer::Unknown => known(None, tally),
+        WaypointPeer::Unknown => {}
     }
+    let source = read(host, "source address", path::SOURCE_ADDRESS);
+    known(source.as_deref().and_then(peer::from_source_address), tally)
+}
+
+/// The waypoint's record of its HBONE peer. The port first: when it is
+/// absent there is no waypoint record, and when it is 0 the address is a
+/// forgery not worth reading.
+fn read_waypoint_peer(host: &impl Host) -> WaypointPeer {
+    let Some(port) = read(host, "waypoint peer port", path::WAYPOINT_PEER_PORT) else {
+        return WaypointPeer::Unknown;
+    };
+    if peer::from_waypoint(None, Some(&port)) == WaypointPeer::ForgedOnConnect {
+        return WaypointPeer::ForgedOnConnect;
+    }
+    let ip = read(host, "waypoint peer", path::WAYPOINT_PEER_IP);
+    peer::from_waypoint(ip.as_deref(), Some(&port))
 }
 
 fn known(peer: Option<IpAddr>, tally: &Tally) -> Option<IpAddr> {
