@@ -42,8 +42,8 @@ APT_TEST_ENVOY = curl docker-registry haproxy openssl $(APT_IMAGE)
 APT_RUN := curl haproxy openssl
 APT_CERTS := openssl
 # wrk for HTTP/1.1, h2load (nghttp2-client) for HTTP/2, wat2wasm (wabt) for
-# the hand-written probe filters.
-APT_BENCH := nghttp2-client wabt wrk
+# the hand-written probe filters, valgrind (callgrind) for the counted phase.
+APT_BENCH := nghttp2-client valgrind wabt wrk
 APT_PACKAGES = $(sort $(APT_BUILD) buildah $(APT_VENV) $(APT_TEST_WASM) $(APT_TEST_ENVOY) $(APT_RUN) $(APT_CERTS) $(APT_BENCH))
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
@@ -222,9 +222,10 @@ soak: $(MODULE) deps-venv
 
 # ---------------------------------------------------------------- bench
 # Not part of `make test`: timings belong here. Writes BENCHMARKS.md and
-# benchmarks.svg (about 38 minutes on 2 CPUs). BENCH_ROUNDS, BENCH_SECONDS
-# and BENCH_WINDOWS (the side-by-side phase that judges the floors' targets)
-# shorten or lengthen it; BENCH_CHAINS (names or patterns, see
+# benchmarks.svg (about 45 minutes on 2 CPUs). BENCH_ROUNDS, BENCH_SECONDS,
+# BENCH_WINDOWS (the side-by-side phase) and BENCH_COUNT_REQUESTS (the
+# counted phase under valgrind, whose instruction counts judge the floors'
+# targets) shorten or lengthen it; BENCH_CHAINS (names or patterns, see
 # `envoy-test/bench.py --list`) and BENCH_WORKLOADS (keep-alive,
 # new-connection, http2) run part of it; BENCH_OUT writes the report (and the
 # chart beside it) elsewhere. wrk drives HTTP/1.1, h2load (nghttp2-client)
