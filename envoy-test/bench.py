@@ -1200,12 +1200,12 @@ def write_report(args, chains, workloads, results, rounds, memory, windows, coun
         "once-a-second flush). Unlike CPU time, a count barely moves with the machine's load: runs of the same "
         "build agree to within about 1% of what client-ip adds (BENCHMARKS.md's findings). It does not see cache "
         "misses or stalls; the side-by-side CPU times do.")
-    judged = ("is judged on the counts above" if floor_group in counts else
-              "is judged on instruction counts, which this run did not take")
-    largest_judged = ("is judged on the counts above" if LARGEST_GROUP in counts else
-                      "is judged on instruction counts, which this run did not take")
-    waypoint_judged = ("is judged on the counts above" if waypoint_group in counts else
-                       "is judged on instruction counts, which this run did not take")
+
+    def judged(group):
+        """Where a timed table sends the reader for its target's verdict."""
+        return ("is judged on the counts above" if group in counts
+                else "is judged on instruction counts, which this run did not take")
+
     if floor_group in counts:
         lines += counted_section(
             "Against the floors, counted",
@@ -1238,7 +1238,7 @@ def write_report(args, chains, workloads, results, rounds, memory, windows, coun
     if floor_group in windows:
         lines += ["## Against the floors, side by side", "",
                   f"client-ip's added CPU per request as a multiple of each floor's, timed (the target, at most "
-                  f"{FLOOR_TARGET:.2f}× the job floor, {judged}; this is what CPU time says on "
+                  f"{FLOOR_TARGET:.2f}× the job floor, {judged(floor_group)}; this is what CPU time says on "
                   f"this machine, and how widely). {side_by_side_note} The tables above, one chain after "
                   "another, show every chain's multiples too, but on a shared machine seconds apart can differ by "
                   "more than the cost judged here.", "",
@@ -1258,7 +1258,7 @@ def write_report(args, chains, workloads, results, rounds, memory, windows, coun
                   "client-ip's added CPU per request with every address list at its cap and the longest walk, "
                   "against its default configuration fed the same 32-entry `X-Forwarded-For`, both over the "
                   "no-filter chain fed that header, chains one after another (the target, at most "
-                  f"{LARGEST_TARGET:.0f}×, {largest_judged}). In brackets, the lowest and highest over the rounds.", "",
+                  f"{LARGEST_TARGET:.0f}×, {judged(LARGEST_GROUP)}). In brackets, the lowest and highest over the rounds.", "",
                   "| | " + " | ".join(WORKLOAD_TITLES[w] for w in workloads) + " |",
                   "|---|" + "---:|" * len(workloads)]
         for chain in ("none_xff32", "module_xff32", "module_largest"):
@@ -1272,7 +1272,7 @@ def write_report(args, chains, workloads, results, rounds, memory, windows, coun
     if waypoint_group in windows:
         lines += ["## On a waypoint, side by side", "",
                   "client-ip's HTTP filter on the waypoint's structure, against the job floor on the same "
-                  f"structure, both over `waypoint_none`, timed (the target, at most {FLOOR_TARGET:.2f}×, {waypoint_judged}). "
+                  f"structure, both over `waypoint_none`, timed (the target, at most {FLOOR_TARGET:.2f}×, {judged(waypoint_group)}). "
                   f"{side_by_side_note}",
                   "",
                   "| chain | " + " | ".join(WORKLOAD_TITLES[w] for w in workloads) + " |",
@@ -1291,7 +1291,7 @@ def write_report(args, chains, workloads, results, rounds, memory, windows, coun
         lines += ["## On a waypoint, against its job floor", "",
                   "client-ip's added CPU per request on the waypoint's structure (over `waypoint_none`) as a "
                   "multiple of the job floor's on the same structure, chains one after another (the target, at "
-                  f"most {FLOOR_TARGET:.2f}×, {waypoint_judged}; the waypoint's second chain, trusting an identity, is "
+                  f"most {FLOOR_TARGET:.2f}×, {judged(waypoint_group)}; the waypoint's second chain, trusting an identity, is "
                   "shown here only). The request's `X-Forwarded-For` hides the peer from `source.address`, so "
                   "client-ip reads the waypoint's record (its port, then its address); trusting an identity adds "
                   f"the reads of the peer's certificate (absent) and of its principal (`{WAYPOINT_IDENTITIES_CONFIG}`). "
